@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
+from dataclasses import dataclass, field
 
 
 class ConfigError(ValueError):
@@ -57,13 +58,13 @@ def build(cls, data: dict, where: str = "config", prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]!r} (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(hints[name], value, where, prefix + name) for name, value in data.items()}
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{where}: missing required key {prefix}{missing[0]!r}")
+        raise ConfigError(f"{where}: missing required key '{prefix}{missing[0]}'")
     return cls(**kwargs)
 
 
@@ -110,5 +111,82 @@ def to_dict(cfg) -> dict:
 
 def config_hash(cfg) -> str:
     """Stable hash of a config's content, for manifests and resume checks."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    blob = json.dumps(cfg, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- stage configs
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "default"                 # default (embedded SmolLM2), a local HF folder or a hub id
+    template: str | None = None           # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path
+    trust_remote_code: bool = False
+    dtype: str = "float32"                # weights in memory; bf16 autocast is TrainConfig.bf16
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...] = ()           # files or globs: jsonl, jsonl.gz, parquet, datasets folders
+    eval: tuple[str, ...] = ()
+    adapter: str | None = None            # hh, gsm8k, gsm8k_solutions, alpaca_seed
+    eval_rows: int = 0                    # without eval files: hold out the last N rows of train
+    limit: int = 0                        # use only the first N rows (0 = all)
+    on_bad_rows: Literal["error", "quarantine"] = "error"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-5
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    max_steps: int = 0                    # 0: as many as the epochs give
+    global_batch_size: int = 256          # sequences per optimizer step, over all workers
+    micro_batch_size: int = 8             # sequences per forward pass on one worker
+    max_seq_len: int = 2048
+    mask: Literal["all_assistant", "final_turn"] = "all_assistant"
+    overlength: Literal["truncate", "reject"] = "truncate"
+    packing: bool = True
+    bf16: bool = True                     # autocast on GPU; on CPU too when cpu_bf16
+    cpu_bf16: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0             # steps; 0: only at the end
+    eval_every: int = 0                   # steps; 0: only at the end
+    torch_threads: int = 0                # per worker; 0: torch's default
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
+    name: Literal["none", "arithmetic"] = "none"
+    sft_rows: int = 256
+    prompt_rows: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run_dir: str = "runs/tiny"
+    policy: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)

@@ -68,12 +68,12 @@ def _iter_jsonl(path: Path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield n, raw.decode("utf-8", "replace"), f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"
+                yield n, raw.decode("utf-8", "replace").rstrip("\r\n"), f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})"
                 continue
             try:
                 yield n, json.loads(text), None
             except json.JSONDecodeError as e:
-                yield n, text, f"invalid JSON: {e.msg} at column {e.colno}"
+                yield n, text.rstrip("\r\n"), f"invalid JSON: {e.msg} at column {e.colno}"
 
 
 def _iter_parquet(path: Path):
@@ -224,10 +224,10 @@ def read_records(paths: Iterable[str | Path], kind: str, adapter: str | None = N
                 rec.raise_if_bad()
 
 
-def write_quarantine(records: Iterable[Record], path: str | Path) -> int:
+def write_quarantine(records: Iterable[Record], path: str | Path, append: bool = False) -> int:
     """Bad rows with file, line, field and reason, one JSON object a line; returns how many."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps({"file": r.file, "line": r.line, "field": r.field, "reason": r.reason,
                                 "record": r.raw}, ensure_ascii=False, default=str) + "\n")
@@ -285,4 +285,4 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
 
 def _with_source(r: dict) -> dict:
     # Later stages (tokenization) still name the file and line of a row they reject.
-    return {**json.loads(r["row"]), "_source": f"{r['file']}:{r['line']}"}
+    return {**json.loads(r["row"]), "_file": r["file"], "_line": r["line"]}

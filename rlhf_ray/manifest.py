@@ -1,0 +1,55 @@
+"""Artifact manifests: config, its hash, inputs, package version and row counts; resume checks."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(paths) -> dict[str, str]:
+    """Content hash of each input file (folders: of every file inside), so a changed input re-runs a stage."""
+    out = {}
+    for p in map(Path, paths):
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+            if f.is_file():
+                h.update(f.name.encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+        out[str(p)] = h.hexdigest()[:16]
+    return out
+
+
+def _version() -> str:
+    try:
+        return version("rlhf_ray")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def write(out_dir: str | Path, stage: str, config: dict, config_hash: str, inputs: dict, counts: dict,
+          **extra) -> dict:
+    m = {"stage": stage, "config_hash": config_hash, "inputs": inputs, "counts": counts,
+         "package_version": _version(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+         "config": config, **extra}
+    path = Path(out_dir) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(m, indent=2, default=str))
+    tmp.rename(path)  # a stage counts as done only once its manifest is whole
+    return m
+
+
+def read(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def up_to_date(out_dir: str | Path, config_hash: str, inputs: dict) -> bool:
+    m = read(out_dir)
+    return m is not None and m["config_hash"] == config_hash and m["inputs"] == inputs

@@ -1,0 +1,51 @@
+import pytest
+
+from rlhf_ray import config
+from rlhf_ray.config import ConfigError, PipelineConfig
+
+
+def write(tmp_path, text):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = write(tmp_path, "run_dir: out\nsft:\n  train:\n    lr: 1.0e-4\n    epochs: 2\n")
+    cfg = config.load(PipelineConfig, p, ["sft.train.epochs=3", "sft.data.train=[a.jsonl, b.jsonl]",
+                                          "policy.template=chatml"])
+    assert cfg.run_dir == "out" and cfg.sft.train.lr == 1e-4 and cfg.sft.train.epochs == 3
+    assert cfg.sft.data.train == ("a.jsonl", "b.jsonl") and cfg.policy.template == "chatml"
+    with pytest.raises(Exception):
+        cfg.run_dir = "x"  # frozen
+
+
+def test_unknown_key_is_an_error_that_names_it(tmp_path):
+    p = write(tmp_path, "sft:\n  train:\n    learning_rate: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'sft.train.learning_rate'"):
+        config.load(PipelineConfig, p)
+    with pytest.raises(ConfigError, match=r"unknown key 'sft.trian'"):
+        config.load(PipelineConfig, None, ["sft.trian.lr=1"])
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"sft.train.epochs must be int, got 'two'"):
+        config.load(PipelineConfig, None, ["sft.train.epochs=two"])
+    with pytest.raises(ConfigError, match=r"sft.train.mask must be one of"):
+        config.load(PipelineConfig, None, ["sft.train.mask=everything"])
+    with pytest.raises(ConfigError, match=r"sft.train.packing must be bool"):
+        config.load(PipelineConfig, None, ["sft.train.packing=3"])
+
+
+def test_int_accepted_for_float_and_hash_changes_with_content():
+    a = config.load(PipelineConfig, None, ["sft.train.lr=1"])
+    b = config.load(PipelineConfig, None, ["sft.train.lr=2"])
+    assert a.sft.train.lr == 1.0 and config.config_hash(a) != config.config_hash(b)
+    assert config.config_hash(a) == config.config_hash(config.load(PipelineConfig, None, ["sft.train.lr=1.0"]))
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not key=value"):
+        config.load(PipelineConfig, None, ["epochs"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(PipelineConfig, tmp_path / "nope.yaml")

@@ -1,0 +1,149 @@
+"""Every bad-record class gets an error naming file, line and field; quarantine keeps and counts them."""
+import gzip
+import json
+
+import pytest
+
+from rlhf_ray import data, schema
+from rlhf_ray.schema import BadRecord
+
+GOOD_SFT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+GOOD_PAIR = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello", "rejected": "Go away"}
+
+
+def write_lines(path, lines):
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else (json.dumps(line) if not isinstance(line, str) else line).encode())
+            f.write(b"\n")
+    return str(path)
+
+
+def first_error(path, kind, adapter=None):
+    with pytest.raises(BadRecord) as e:
+        list(data.read_records([path], kind, adapter))
+    return e.value
+
+
+def sft_with(messages):
+    return {"messages": messages}
+
+
+@pytest.mark.parametrize("kind,bad,field,reason", [
+    ("sft", sft_with([{"content": "Hi"}, {"role": "assistant", "content": "x"}]), "messages[0].role", "missing"),
+    ("sft", sft_with([{"role": "human", "content": "Hi"}, {"role": "assistant", "content": "x"}]),
+     "messages[0].role", "unknown role 'human'"),
+    ("sft", sft_with([{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]),
+     "messages[0].content", "empty"),
+    ("sft", sft_with([{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                      {"role": "assistant", "content": "x"}]), "messages[1].role", "two user messages in a row"),
+    ("sft", sft_with([{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
+                      {"role": "assistant", "content": "x"}]), "messages[1].role", "system message after"),
+    ("sft", sft_with([{"role": "assistant", "content": "x"}, {"role": "user", "content": "a"}]),
+     "messages[1].role", "the last message must be assistant"),
+    ("pairwise", {**GOOD_PAIR, "rejected": "Hello"}, "rejected", "identical to chosen"),
+    ("pairwise", {**GOOD_PAIR, "margin": "big"}, "margin", "must be a number"),
+    ("kwise", {"prompt": "Hi", "completions": ["a", "b", "c"], "ranking": [0, 0, 1]}, "ranking", "permutation"),
+    ("orm", {"prompt": "Hi", "completion": "x", "label": 2}, "label", "true/false"),
+    ("prm", {"prompt": "Hi", "completions": ["s1", "s2"], "labels": [1]}, "labels", "one label per step"),
+    ("prm", {"prompt": "Hi", "completions": ["s1"], "labels": [2]}, "labels[0]", "-1, 0 or 1"),
+])
+def test_contract_violations_name_file_line_and_field(tmp_path, kind, bad, field, reason):
+    good = GOOD_SFT if kind == "sft" else GOOD_PAIR if kind == "pairwise" else None
+    lines = ([good] if good else []) + [bad]
+    path = write_lines(tmp_path / "rows.jsonl", lines)
+    err = first_error(path, kind)
+    assert (err.file, err.line, err.field) == (path, len(lines), field)
+    assert reason in err.reason
+    assert str(err).startswith(f"{path}:{len(lines)}: {field}: ")
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, GOOD_SFT, '{"messages": [', GOOD_SFT])
+    err = first_error(path, "sft")
+    assert (err.line, err.field) == (3, "<line>") and "invalid JSON" in err.reason
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, b'{"messages": "caf\xe9"}'])
+    err = first_error(path, "sft")
+    assert (err.line, err.field) == (2, "<line>") and "not valid UTF-8" in err.reason
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_inf_name_the_field(tmp_path, literal):
+    path = write_lines(tmp_path / "rows.jsonl", [
+        '{"prompt": "Hi", "chosen": "a", "rejected": "b", "margin": %s}' % literal])
+    err = first_error(path, "pairwise")
+    assert (err.line, err.field) == (1, "margin") and "finite" in err.reason
+
+
+def test_over_length_after_tokenization_names_file_line_field(tmp_path, smol_tokenizer):
+    from rlhf_ray.train.sft_data import encode_sft_row
+
+    long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, long])
+    rows = list(data.parse_file(path, "sft"))
+    with pytest.raises(BadRecord) as e:
+        encode_sft_row({**rows[1].row, "_file": rows[1].file, "_line": rows[1].line}, smol_tokenizer, max_seq_len=64,
+                       overlength="reject")
+    assert (e.value.file, e.value.line, e.value.field) == (path, 2, "messages")
+    assert "tokens, over max_seq_len=64" in e.value.reason
+
+
+def test_quarantine_keeps_going_and_keeps_every_bad_row(tmp_path):
+    path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, "not json", GOOD_SFT,
+                                                 sft_with([{"role": "user", "content": "only a question"}])])
+    bad: list = []
+    good = list(data.read_records([path], "sft", on_bad_rows="quarantine", quarantine=bad))
+    assert len(good) == 2 and [b.line for b in bad] == [2, 4]
+    out = tmp_path / "quarantine.jsonl"
+    assert data.write_quarantine(bad, out) == 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["record"] == "not json" and rows[1]["field"] == "messages[0].role"
+
+
+def test_parquet_and_datasets_folder_and_gz(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [GOOD_SFT, {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    for name in ("rows.parquet", "ds", "rows.jsonl.gz"):
+        recs = list(data.parse_file(tmp_path / name, "sft"))
+        assert recs[0].row["messages"] == GOOD_SFT["messages"]
+        assert (recs[1].line, recs[1].field, recs[1].reason) == (2, "messages[1].content", "empty")
+
+
+def test_hh_adapter_on_real_data(shared_data):
+    path = shared_data / "hh_harmless_test.jsonl.gz"
+    bad: list = []
+    rows = list(data.read_records([path], "pairwise", "hh", on_bad_rows="quarantine", quarantine=bad))
+    assert len(rows) + len(bad) == 2312 and len(rows) > 2200
+    first = rows[0]
+    assert first["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
+    assert first["prompt"][-1]["role"] == "user" and first["chosen"][0]["role"] == "assistant"
+    assert all(b.field and b.reason for b in bad)   # every quarantined pair says why
+
+
+def test_gsm8k_adapters_on_real_data(shared_data):
+    prompts = list(data.read_records([shared_data / "gsm8k_test.jsonl"], "prompt", "gsm8k"))
+    assert len(prompts) == 1319 and prompts[0]["answer"] == "18"
+    orm = list(data.read_records([shared_data / "gsm8k_example_model_solutions.jsonl.gz"], "orm", "gsm8k_solutions"))
+    assert len(orm) == 5276 and {r["label"] for r in orm} == {True, False}
+    assert orm[0]["completion"][0]["role"] == "assistant"
+
+
+def test_alpaca_seed_adapter_on_real_data(shared_data):
+    rows = list(data.read_records([shared_data / "alpaca_seed_tasks.jsonl"], "sft", "alpaca_seed"))
+    assert len(rows) >= 175 and rows[0]["messages"][0]["content"].startswith("Is there anything I can eat")
+
+
+def test_validate_normalises_string_completions():
+    row = schema.validate("pairwise", GOOD_PAIR)
+    assert row["chosen"] == [{"role": "assistant", "content": "Hello"}]
+    assert row["prompt"] == GOOD_PAIR["prompt"]
