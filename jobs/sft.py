@@ -9,12 +9,11 @@ is skipped; an interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from rlhf_ray import config, data, manifest, tasks
+from rlhf_ray import cluster, config, data, manifest, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -31,8 +30,6 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
 
 
 def run(cfg: PipelineConfig) -> Path:
-    import ray
-
     from rlhf_ray.train import sft
 
     out = Path(cfg.run_dir) / "sft"
@@ -48,9 +45,7 @@ def run(cfg: PipelineConfig) -> Path:
     quarantine = out / "quarantine.jsonl"
     quarantine.unlink(missing_ok=True)
 
-    # Ray Train reports block on the controller's poll; the default 2 s dominates short steps.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    ray.init(ignore_reinit_error=True)
+    cluster.connect()
     d = cfg.sft.data
     rows, bad_rows = data.read_dataset(train_files, "sft", d.adapter, d.on_bad_rows, quarantine)
     if d.limit:

@@ -98,6 +98,12 @@ def _coerce(tp, value, where: str, key: str):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 3e-3 as a string; any float spelling Python accepts is meant as one.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is dict and isinstance(value, dict):
         return value
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

@@ -49,3 +49,10 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         config.load(PipelineConfig, None, ["epochs"])
     with pytest.raises(ConfigError, match="config file not found"):
         config.load(PipelineConfig, tmp_path / "nope.yaml")
+
+
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    p = write(tmp_path, "sft:\n  train:\n    lr: 3e-3\n")
+    assert config.load(PipelineConfig, p, ["sft.train.warmup_ratio=1e-1"]).sft.train.lr == 0.003
+    with pytest.raises(ConfigError, match="sft.train.lr must be float"):
+        config.load(PipelineConfig, None, ["sft.train.lr=fast"])

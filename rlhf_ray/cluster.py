@@ -1,0 +1,17 @@
+"""Connecting a job to Ray."""
+from __future__ import annotations
+
+import os
+
+
+def connect() -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one.
+
+    A plain ``ray.init()`` would attach to whatever cluster the machine last started, stale or not.
+    """
+    import ray
+
+    # Ray Train reports block on the controller's poll; the default 2 s dominates short steps.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "local"))
