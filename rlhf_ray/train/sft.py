@@ -155,6 +155,11 @@ def train_worker(config: dict) -> None:
     eval_shard = ray.train.get_dataset_shard("eval") if "eval" in config["datasets"] else None
     pad_id = tokenizer.pad_token_id
     _write_progress(out_dir, rank, step)
+    baseline = {}
+    if eval_shard is not None and step == 0:
+        # Held-out loss before any update: the reference the final eval is compared with.
+        baseline["eval_loss_initial"] = loop.evaluate(
+            model, _micro_batches(eval_shard, 0, t, pad_id), sft_loss, device, autocast)
     while step < p.total_steps:
         epoch = step // p.steps_per_epoch
         groups = _grouped(_micro_batches(train_shard, epoch, t, pad_id), p.accum)
@@ -162,7 +167,7 @@ def train_worker(config: dict) -> None:
         for group in islice(groups, step - epoch * p.steps_per_epoch, None):
             res = loop.train_step(model, optimizer, scheduler, group, sft_loss, t.max_grad_norm, device, autocast)
             step += 1
-            metrics = {"step": step, "epoch": epoch, "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
+            metrics = {**baseline, "step": step, "epoch": epoch, "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm,
                        "trained_tokens": res.units, "trained_tokens_per_s": res.units / res.seconds,
                        "tokens_per_s": res.tokens / res.seconds,
                        "padding_fraction": res.padding / max(res.tokens + res.padding, 1)}
@@ -170,6 +175,7 @@ def train_worker(config: dict) -> None:
             if eval_shard is not None and ((t.eval_every and step % t.eval_every == 0) or last):
                 metrics["eval_loss"] = loop.evaluate(
                     model, _micro_batches(eval_shard, 0, t, pad_id), sft_loss, device, autocast)
+            baseline = {}
             save = last or (t.checkpoint_every and step % t.checkpoint_every == 0)
             _report(metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save)
             if last:
