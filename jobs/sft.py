@@ -9,7 +9,6 @@ is skipped; an interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
 
 
 def run(cfg: PipelineConfig) -> Path:
-    from rlhf_ray.train import sft
+    from rlhf_ray.train import runner, sft
 
     out = Path(cfg.run_dir) / "sft"
     train_files, eval_files = sft_inputs(cfg)
@@ -61,11 +60,7 @@ def run(cfg: PipelineConfig) -> Path:
         eval_ds = None
 
     result, plan = sft.fit(cfg, encoded, eval_ds, out)
-    if result.checkpoint is None:
-        raise RuntimeError(f"SFT finished without a checkpoint (see {out / 'ray_train'})")
-    with result.checkpoint.as_directory() as ckpt:
-        shutil.rmtree(out / "model", ignore_errors=True)
-        shutil.copytree(ckpt, out / "model", ignore=shutil.ignore_patterns(sft.STATE_FILE))
+    runner.export_checkpoint(result, out)
     counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
               "eval_rows": eval_ds.count() if eval_ds is not None else 0, "steps": plan.total_steps}
     manifest.write(out, "sft", config.to_dict(cfg), chash, inputs, counts,

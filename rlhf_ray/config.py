@@ -60,12 +60,25 @@ def build(cls, data: dict, where: str = "config", prefix: str = ""):
     if unknown:
         raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, where, prefix + name) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            # A partial section keeps the section's own defaults (RM training differs from SFT's).
+            value = _merge(dataclasses.asdict(f.default_factory()), value)
+        kwargs[name] = _coerce(hints[name], value, where, prefix + name)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where}: missing required key '{prefix}{missing[0]}'")
     return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def _coerce(tp, value, where: str, key: str):
@@ -181,6 +194,25 @@ class SFTConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
 
+def _rm_model() -> "ModelConfig":
+    return ModelConfig(name="default-rm")
+
+
+def _rm_train() -> "TrainConfig":
+    return TrainConfig(lr=3e-5, global_batch_size=32, micro_batch_size=16, max_seq_len=512, packing=False,
+                       warmup_ratio=0.05)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model: ModelConfig = field(default_factory=_rm_model)   # default-rm: embedded all-MiniLM-L6-v2
+    objective: Literal["bt", "margin", "kwise", "plackett_luce", "orm", "prm"] = "bt"
+    center_rewards_coef: float = 0.0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=_rm_train)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
@@ -196,3 +228,4 @@ class PipelineConfig:
     policy: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)

@@ -79,8 +79,8 @@ def train_step(model, optimizer, scheduler, micro_batches: Sequence[dict], loss_
     for i, mb in enumerate(micro_batches):
         # DDP averages gradients over workers: scale by world_size to keep the global-sum / units form.
         sync = nullcontext() if i == len(micro_batches) - 1 or not hasattr(model, "no_sync") else model.no_sync()
-        with sync, _autocast(device, autocast_dtype):
-            loss_sum, _ = loss_fn(model, _to(mb["batch"], device))
+        with sync, autocast_ctx(device, autocast_dtype):
+            loss_sum, _ = loss_fn(model, to_device(mb["batch"], device))
             loss = loss_sum / max(units, 1.0) * world_size
         loss.backward()
         total += float(loss_sum.detach())
@@ -102,18 +102,18 @@ def evaluate(model, micro_batches: Iterable[dict], loss_fn: LossFn, device,
     model.eval()
     total, units = 0.0, 0.0
     for mb in micro_batches:
-        with _autocast(device, autocast_dtype):
-            loss_sum, n = loss_fn(model, _to(mb["batch"], device))
+        with autocast_ctx(device, autocast_dtype):
+            loss_sum, n = loss_fn(model, to_device(mb["batch"], device))
         total += float(loss_sum)
         units += float(n)
     return all_reduce_sum(total, device) / max(all_reduce_sum(units, device), 1.0)
 
 
-def _autocast(device, dtype):
+def autocast_ctx(device, dtype):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def _to(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

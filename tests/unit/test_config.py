@@ -56,3 +56,9 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     assert config.load(PipelineConfig, p, ["sft.train.warmup_ratio=1e-1"]).sft.train.lr == 0.003
     with pytest.raises(ConfigError, match="sft.train.lr must be float"):
         config.load(PipelineConfig, None, ["sft.train.lr=fast"])
+
+
+def test_a_partial_section_keeps_that_sections_defaults():
+    cfg = config.load(PipelineConfig, None, ["reward.train.lr=1e-4"])
+    assert cfg.reward.train.lr == 1e-4 and cfg.reward.train.global_batch_size == 32   # RM default, not SFT's 256
+    assert cfg.reward.model.name == "default-rm" and cfg.sft.train.global_batch_size == 256

@@ -1,0 +1,212 @@
+"""Ray Train shell shared by SFT and reward models: plan, worker loop, checkpoints, resume, metrics.
+
+A recipe (``sft.SFTRecipe``, ``reward.RewardRecipe``) says how to load the model, cut micro-batches
+and compute the loss; everything else (step arithmetic, the global-batch step, evaluation, HF
+checkpoints with optimizer state, progress files) lives here once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import tempfile
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from rlhf_ray.config import PipelineConfig, build
+from rlhf_ray.train import loop
+
+STATE_FILE = "trainer_state.pt"
+RECIPES = {"sft": "rlhf_ray.train.sft:SFTRecipe", "reward": "rlhf_ray.train.reward:RewardRecipe"}
+
+
+def recipe(name: str):
+    module, attr = RECIPES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Step arithmetic the driver fixes before training, so resumed runs count the same steps."""
+    rows_per_worker: int
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan(num_rows: int, stage, name: str) -> Plan:
+    t, workers = stage.train, stage.scaling.num_workers
+    per_step = t.micro_batch_size * workers
+    if t.global_batch_size % per_step:
+        raise ValueError(f"{name}.train.global_batch_size={t.global_batch_size} must be a multiple of "
+                         f"micro_batch_size × num_workers = {per_step}")
+    rows_per_worker = num_rows // workers
+    if rows_per_worker == 0:
+        raise ValueError(f"{num_rows} training rows cannot feed {workers} workers")
+    accum = t.global_batch_size // per_step
+    steps_per_epoch = math.ceil(rows_per_worker / (t.micro_batch_size * accum))
+    total = steps_per_epoch * t.epochs
+    return Plan(rows_per_worker, accum, steps_per_epoch, min(total, t.max_steps) if t.max_steps else total)
+
+
+def iter_shard(shard, epoch: int, t):
+    """One epoch of a worker's shard in micro-batches of rows, shuffled locally with a per-epoch seed."""
+    return shard.iter_batches(batch_size=t.micro_batch_size, batch_format="numpy", drop_last=False,
+                              local_shuffle_buffer_size=max(64, 4 * t.micro_batch_size),
+                              local_shuffle_seed=t.seed + epoch)
+
+
+def _grouped(items, size: int):
+    it = iter(items)
+    while group := list(islice(it, size)):
+        yield group
+
+
+def train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    rec = recipe(config["recipe"])
+    cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
+    stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), Path(config["out_dir"])
+    t = stage.train
+    if t.torch_threads:
+        torch.set_num_threads(t.torch_threads)
+    torch.manual_seed(t.seed)
+    rank, device = ray.train.get_context().get_world_rank(), ray.train.torch.get_device()
+
+    tokenizer = rec.tokenizer(cfg)
+    checkpoint = ray.train.get_checkpoint()
+    with (checkpoint.as_directory() if checkpoint else _NoDir()) as ckpt_dir:
+        model = ray.train.torch.prepare_model(rec.load_model(cfg, tokenizer, ckpt_dir),
+                                              parallel_strategy=stage.scaling.strategy)
+        optimizer = loop.build_optimizer(model, t.lr, t.weight_decay)
+        scheduler = loop.build_scheduler(optimizer, p.total_steps, t.warmup_ratio, t.schedule)
+        step = _load_state(ckpt_dir, model, optimizer, scheduler) if ckpt_dir else 0
+
+    autocast = torch.bfloat16 if (t.bf16 and device.type == "cuda") or t.cpu_bf16 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("eval") if "eval" in config["datasets"] else None
+
+    def evaluate():
+        return rec.evaluate(model, rec.micro_batches(eval_shard, 0, cfg, tokenizer), device, autocast)
+
+    _write_progress(out_dir, rank, step)
+    # Held-out metrics before any update: the reference the final eval is compared with.
+    extra = {f"{k}_initial": v for k, v in evaluate().items()} if eval_shard is not None and step == 0 else {}
+    while step < p.total_steps:
+        epoch = step // p.steps_per_epoch
+        groups = _grouped(rec.micro_batches(train_shard, epoch, cfg, tokenizer), p.accum)
+        # Resuming mid-epoch: pass over the steps already taken (the epoch's order is seeded).
+        for group in islice(groups, step - epoch * p.steps_per_epoch, None):
+            res = loop.train_step(model, optimizer, scheduler, group, rec.loss_fn, t.max_grad_norm, device, autocast)
+            step += 1
+            metrics = {**extra, "step": step, "epoch": epoch, "loss": res.loss, "lr": res.lr,
+                       "grad_norm": res.grad_norm, rec.units: res.units,
+                       f"{rec.units}_per_s": res.units / res.seconds, "tokens_per_s": res.tokens / res.seconds,
+                       "padding_fraction": res.padding / max(res.tokens + res.padding, 1)}
+            extra = {}
+            last = step == p.total_steps
+            if eval_shard is not None and ((t.eval_every and step % t.eval_every == 0) or last):
+                metrics.update(evaluate())
+            save = last or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+            _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save)
+            if last:
+                break
+
+
+class _NoDir:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _write_progress(out_dir: Path, rank: int, step: int) -> None:
+    # Per-rank pid and step: lets an operator (or a fault test) find and stop a worker.
+    d = out_dir / "workers"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
+
+
+def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: Path, save: bool) -> None:
+    import ray.train
+
+    if rank == 0:
+        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr") or k.startswith("eval"))
+        print(f"[{name}] step {metrics['step']} {shown}", flush=True)
+    _write_progress(out_dir, rank, metrics["step"])
+    if not save:
+        ray.train.report(metrics)
+        return
+    from ray.train import Checkpoint
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    # Every rank takes part in gathering full state dicts (FSDP shards them); rank 0 writes.
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            base = model.module if hasattr(model, "module") else model
+            base.save_pretrained(tmp, state_dict=model_sd, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": metrics["step"]},
+                       Path(tmp) / STATE_FILE)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def fit(name: str, cfg: PipelineConfig, stage, train_ds, eval_ds, out_dir: Path):
+    """Run recipe ``name`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    s = stage.scaling
+    p = plan(train_ds.count(), stage, name)
+    datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"recipe": name, "cfg": dataclasses.asdict(cfg), "plan": dataclasses.asdict(p),
+                           "out_dir": str(out_dir), "datasets": sorted(datasets)},
+        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                               resources_per_worker={"CPU": s.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str((out_dir / "ray_train").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+    )
+    return trainer.fit(), p
+
+
+def export_checkpoint(result, out_dir: Path) -> Path:
+    """Copy the final checkpoint's HF folder (without optimizer state) to ``out_dir/model``."""
+    import shutil
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint (see {out_dir / 'ray_train'})")
+    target = out_dir / "model"
+    with result.checkpoint.as_directory() as ckpt:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(ckpt, target, ignore=shutil.ignore_patterns(STATE_FILE))
+    return target

@@ -1,0 +1,93 @@
+"""Every reward objective trains end to end on a tiny model; heads read the right token."""
+import pytest
+import torch
+
+from rlhf_ray import models
+from rlhf_ray.train import loop
+from rlhf_ray.train import reward as rm
+
+P = [{"role": "user", "content": "Say something."}]
+A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+GOOD, BAD = ["Thanks, happy to help!", "Sure, here it is."], ["No.", "Go away."]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, policy_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    path = tmp_path_factory.mktemp("tiny_rm")
+    models.save_policy(models.tiny_causal_lm(tok, hidden_size=32, layers=1), tok, path)
+    return path
+
+
+def rows_for(objective):
+    if objective in ("bt", "margin"):
+        return [{"prompt": P, "chosen": A(g), "rejected": A(b), "margin": 1.0} for g in GOOD for b in BAD]
+    if objective in ("kwise", "plackett_luce"):
+        return [{"prompt": P, "completions": [A(BAD[0]), A(GOOD[i]), A(BAD[1])], "ranking": [1, 0, 2]} for i in (0, 1)]
+    if objective == "orm":
+        return [{"prompt": P, "completion": A(t), "label": t in GOOD} for t in GOOD + BAD]
+    return [{"prompt": P, "completions": ["Step one is fine.", "Step two is wrong."], "labels": [1, -1]},
+            {"prompt": P, "completions": ["Step one is fine.", "Step two is unclear."], "labels": [1, 0]}]
+
+
+@pytest.mark.parametrize("objective", ["bt", "margin", "kwise", "plackett_luce", "orm", "prm"])
+def test_each_objective_lowers_its_loss(objective, tiny_dir):
+    tok = models.load_tokenizer(str(tiny_dir))
+    torch.manual_seed(0)
+    model = rm.load_reward_model(str(tiny_dir), objective, tok)
+    encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
+    batch = {**rm.collate(encoded, objective, tok.pad_token_id), "objective": objective}
+    mb = [{"batch": batch, "units": rm._units(batch, objective), "tokens": 0, "padding": 0}]
+    opt = loop.build_optimizer(model, 3e-3, 0.0)
+    sched = loop.build_scheduler(opt, 40, 0.0, "constant")
+    first = loop.train_step(model, opt, sched, mb, rm.RewardRecipe.loss_fn, 1.0, "cpu").loss
+    for _ in range(40):
+        last = loop.train_step(model, opt, sched, mb, rm.RewardRecipe.loss_fn, 1.0, "cpu").loss
+    assert last < 0.5 * first, (first, last)
+    metrics = rm.evaluate(model, mb, objective, "cpu")
+    key = {"orm": "eval_auc", "prm": "eval_step_accuracy"}.get(objective, "eval_accuracy")
+    assert metrics[key] == 1.0
+
+
+def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_dir):
+    tok = models.load_tokenizer(str(tiny_dir))
+    model = rm.load_reward_model(str(tiny_dir), "bt", tok).eval()
+    ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
+    alone = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    pad = [tok.pad_token_id] * 5
+    right = torch.tensor([ids + pad]), torch.tensor([[1] * len(ids) + [0] * 5])
+    left = torch.tensor([pad + ids]), torch.tensor([[0] * 5 + [1] * len(ids)])
+    for input_ids, mask in (right, left):
+        assert torch.allclose(rm.sequence_rewards(model, input_ids, mask), alone, atol=1e-5)
+    # transformers' own head agrees on unpadded input (what vLLM's pooling runner sees too)
+    assert torch.allclose(model(input_ids=torch.tensor([ids])).logits[:, 0], alone, atol=1e-5)
+
+
+def test_encoder_backbone_without_chat_template_scores_cls():
+    from rlhf_ray.models import default_rm_dir
+    tok = models.load_tokenizer(str(default_rm_dir()))
+    model = rm.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
+    ids, in_completion, _, _ = rm.encode(P, A("Fine."), tok, None, 512)
+    assert tok.convert_ids_to_tokens(ids)[0] == "[CLS]" and tok.decode(
+        [i for i, c in zip(ids, in_completion) if c]) == "fine."
+    r = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert r.shape == (1,)
+
+
+def test_left_truncation_keeps_the_completion(tiny_dir):
+    tok = models.load_tokenizer(str(tiny_dir))
+    long_prompt = [{"role": "user", "content": "word " * 300}]
+    ids, in_completion, _, _ = rm.encode(long_prompt, A("The answer."), tok, None, 64)
+    assert len(ids) == 64 and tok.decode([i for i, c in zip(ids, in_completion) if c]).startswith("The answer.")
+
+
+def test_prm_labels_sit_on_each_steps_last_token(tiny_dir):
+    tok = models.load_tokenizer(str(tiny_dir))
+    ids, targets = rm.step_labels(P, ["One plus one is two.", "So x is 3."], [1, -1], tok, None, 512)
+    marked = [(tok.decode(ids[: i + 1]).splitlines()[-1], t) for i, t in enumerate(targets) if t != -100]
+    assert marked == [("One plus one is two.", 2), ("So x is 3.", 0)]
+
+
+def test_auc_by_hand():
+    assert rm.auc([0.9, 0.1, 0.5, 0.5], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
