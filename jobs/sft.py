@@ -54,8 +54,7 @@ def run(cfg: PipelineConfig) -> Path:
         eval_rows, eval_bad = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, None)
         eval_ds, _ = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, None)
     elif d.eval_rows:
-        n = encoded.count()
-        encoded, eval_ds = encoded.split_at_indices([n - d.eval_rows])
+        encoded, eval_ds = encoded.split_at_indices([encoded.count() - d.eval_rows])
     else:
         eval_ds = None
 

@@ -10,8 +10,12 @@ def connect() -> None:
     A plain ``ray.init()`` would attach to whatever cluster the machine last started, stale or not.
     """
     import ray
+    import ray.data
 
     # Ray Train reports block on the controller's poll; the default 2 s dominates short steps.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"))
+    # Rows keep file order through every stage: held-out splits ("the last N rows") and resumed
+    # epochs then see the same rows on every run.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True

@@ -214,6 +214,25 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class EvalRMConfig:
+    model_dir: str = ""                   # empty: RUN_DIR/rm/model
+    template: str | None = None
+    pairs: tuple[str, ...] = ()           # RewardBench-format rows: prompt, chosen, rejected, subset
+    pairs_adapter: str | None = None      # e.g. hh (subset = the file's name)
+    pairs_limit: int = 0                  # score only the last N pairs (0 = all)
+    bon_file: str = ""                    # AlpacaEval best-of-16 set (candidates + judge preferences)
+    bon_n: tuple[int, ...] = (1, 2, 4, 8, 11)
+    bon_limit: int = 0
+    orm: tuple[str, ...] = ()             # ORM rows (prompt, completion, label) for AUC
+    orm_adapter: str | None = "gsm8k_solutions"
+    orm_limit: int = 0
+    max_len: int = 512
+    batch_size: int = 16
+    actors: int = 1
+    threads: int = 0
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
     name: Literal["none", "arithmetic"] = "none"
@@ -229,3 +248,4 @@ class PipelineConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    eval_rm: EvalRMConfig = field(default_factory=EvalRMConfig)

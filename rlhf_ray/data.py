@@ -7,8 +7,10 @@ tasks, so rows stream from files on the workers instead of passing through the d
 """
 from __future__ import annotations
 
+import ast
 import gzip
 import json
+import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,63 @@ def gsm8k_solutions_to_orm(record: dict) -> list[dict]:
     return rows
 
 
+_CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _arith(node):
+    """Evaluate +, -, *, / over numbers only (never ``eval``)."""
+    if isinstance(node, ast.Expression):
+        return _arith(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arith(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.left), _arith(node.right))
+    raise ValueError("not arithmetic")
+
+
+def calculation_ok(expr: str, result: str) -> bool | None:
+    """Whether ``<<expr=result>>`` is right; None when it cannot be checked (not plain arithmetic)."""
+    try:
+        want = float(result.replace(",", ""))
+        got = _arith(ast.parse(expr.replace(",", ""), mode="eval"))
+    except (ValueError, SyntaxError, ZeroDivisionError, TypeError):
+        return None
+    return abs(got - want) <= 1e-6 * max(1.0, abs(want))
+
+
+def prm_step_labels(steps: list[str], is_correct: bool) -> list[int]:
+    """The documented automatic rule (no human step labels exist offline):
+    a step with a wrong ``<<a op b = c>>`` calculation is -1; every step of a correct solution is +1;
+    in a wrong solution, the final-answer step is -1 and other steps with no wrong calculation are 0."""
+    labels = []
+    for i, step in enumerate(steps):
+        wrong = any(calculation_ok(e, r) is False for e, r in _CALC.findall(step))
+        if wrong:
+            labels.append(-1)
+        elif is_correct:
+            labels.append(1)
+        else:
+            labels.append(-1 if i == len(steps) - 1 else 0)
+    return labels
+
+
+def gsm8k_solutions_to_prm(record: dict) -> list[dict]:
+    """One PRM row per model solution: its lines are the steps, labelled by ``prm_step_labels``."""
+    question = _need(record, "question")
+    rows = []
+    for solver in GSM8K_SOLVERS:
+        sol = _need(record, solver)
+        if not isinstance(sol, dict) or "solution" not in sol or "is_correct" not in sol:
+            raise RowError(solver, "must hold solution and is_correct")
+        steps = [line.strip() for line in sol["solution"].split("\n") if line.strip()]
+        rows.append({"prompt": [{"role": "user", "content": question}], "completions": steps,
+                     "labels": prm_step_labels(steps, bool(sol["is_correct"])), "solver": solver})
+    return rows
+
+
 def alpaca_seed_to_sft(record: dict) -> list[dict]:
     """Self-Instruct seed task → one conversation per instance (input appended to the instruction)."""
     instruction = _need(record, "instruction")
@@ -180,6 +239,7 @@ ADAPTERS: dict[str, Adapter] = {
     "hh": hh_to_pairwise,
     "gsm8k": gsm8k_to_prompt,
     "gsm8k_solutions": gsm8k_solutions_to_orm,
+    "gsm8k_prm": gsm8k_solutions_to_prm,
     "alpaca_seed": alpaca_seed_to_sft,
 }
 

@@ -45,7 +45,7 @@ def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_clus
 
 
 def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_cluster, tiny_policy_dir, tmp_path):
-    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "task.sft_rows=160", "sft.train.micro_batch_size=4",
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "task.sft_rows=160", "sft.train.epochs=1", "sft.train.micro_batch_size=4",
                    "sft.train.global_batch_size=4", "sft.train.checkpoint_every=5", "sft.scaling.max_failures=2")
     progress = tmp_path / "sft" / "workers" / "rank0.json"
     killed = {}

@@ -147,3 +147,19 @@ def test_validate_normalises_string_completions():
     row = schema.validate("pairwise", GOOD_PAIR)
     assert row["chosen"] == [{"role": "assistant", "content": "Hello"}]
     assert row["prompt"] == GOOD_PAIR["prompt"]
+
+
+def test_prm_rule_by_hand():
+    steps = ["She has 3 + 4 = <<3+4=7>>7 apples", "Then 7 * 2 = <<7*2=15>>15", "A: 15"]
+    assert data.prm_step_labels(steps, is_correct=False) == [0, -1, -1]
+    assert data.prm_step_labels(steps[:1] + ["A: 7"], is_correct=True) == [1, 1]
+    assert data.calculation_ok("1,000/4", "250") and data.calculation_ok("2*x", "4") is None
+
+
+def test_gsm8k_prm_adapter_on_real_data(shared_data):
+    rows = list(data.read_records([shared_data / "gsm8k_example_model_solutions.jsonl.gz"], "prm", "gsm8k_prm"))
+    assert len(rows) == 5276
+    labels = [label for r in rows for label in r["labels"]]
+    assert {-1, 0, 1} <= set(labels)
+    first = rows[0]  # 6b_finetuning on Janet's ducks: wrong final answer, calculations fine
+    assert first["labels"][-1] == -1 and first["completions"][-1] == "A: 26"
