@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, evaluation, manifest
+from rlhf_ray import cluster, config, job, data, evaluation, manifest
 from rlhf_ray.config import PipelineConfig
 
 
@@ -91,17 +91,5 @@ def run(cfg: PipelineConfig) -> dict:
     return report
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    try:
-        run(config.load(PipelineConfig, argv[0], argv[1:]))
-    except (config.ConfigError, data.BadRecord, FileNotFoundError, ValueError) as err:
-        print(f"eval_rm: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job.main("eval_rm", __doc__, run, sys.argv[1:]))

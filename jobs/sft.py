@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest, tasks
+from rlhf_ray import cluster, config, job, data, manifest, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -68,18 +68,5 @@ def run(cfg: PipelineConfig) -> Path:
     return out / "model"
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    try:
-        cfg = config.load(PipelineConfig, argv[0], argv[1:])
-        run(cfg)
-    except (config.ConfigError, data.BadRecord, FileNotFoundError, ValueError) as e:
-        print(f"sft: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job.main("sft", __doc__, run, sys.argv[1:]))

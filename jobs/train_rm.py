@@ -13,28 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest
+from rlhf_ray import cluster, config, job, data, manifest
 from rlhf_ray.config import PipelineConfig
 
 
 def encode_dataset(rows, cfg: PipelineConfig, quarantine: Path | None):
     """Rows → token columns of the objective (materialised), and how many failed to encode."""
-    from rlhf_ray.train import reward
-
     r = cfg.reward
     params = {"objective": r.objective, "model": dataclasses.asdict(r.model), "max_len": r.train.max_seq_len}
-    encoded = rows.map(_encode, fn_kwargs=params).materialize()
-    bad = encoded.filter(lambda x: x["reason"] is not None)
-    n_bad = bad.count()
-    if n_bad and r.data.on_bad_rows == "error":
-        first = bad.sort(["file", "line"]).take(1)[0]
-        raise data.BadRecord(first["file"], first["line"], first["field"], first["reason"])
-    if n_bad and quarantine is not None:
-        data.write_quarantine((data.Record(x["file"], x["line"], None, x["field"], x["reason"])
-                               for x in bad.iter_rows()), quarantine, append=True)
-    keep = [c for c in encoded.columns() if c not in ("file", "line", "field", "reason")]
-    good = encoded.filter(lambda x: x["reason"] is None).select_columns(keep).materialize()
-    return good, n_bad
+    return data.split_bad_rows(rows.map(_encode, fn_kwargs=params), r.data.on_bad_rows, quarantine)
 
 
 def _encode(row: dict, objective: str, model: dict, max_len: int) -> dict:
@@ -108,17 +95,5 @@ def run(cfg: PipelineConfig) -> Path:
     return model_dir
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    try:
-        run(config.load(PipelineConfig, argv[0], argv[1:]))
-    except (config.ConfigError, data.BadRecord, FileNotFoundError, ValueError) as e:
-        print(f"train_rm: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job.main("train_rm", __doc__, run, sys.argv[1:]))

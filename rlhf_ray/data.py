@@ -152,17 +152,20 @@ def gsm8k_to_prompt(record: dict) -> list[dict]:
 GSM8K_SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 
-def gsm8k_solutions_to_orm(record: dict) -> list[dict]:
-    """One ORM row per labelled model solution."""
-    question = _need(record, "question")
-    rows = []
+def _solutions(record: dict) -> Iterator[tuple[list[dict], str, dict]]:
+    """(prompt, solver, {solution, is_correct}) for each labelled model solution of a GSM8K question."""
+    prompt = [{"role": "user", "content": _need(record, "question")}]
     for solver in GSM8K_SOLVERS:
         sol = _need(record, solver)
         if not isinstance(sol, dict) or "solution" not in sol or "is_correct" not in sol:
             raise RowError(solver, "must hold solution and is_correct")
-        rows.append({"prompt": [{"role": "user", "content": question}],
-                     "completion": sol["solution"], "label": sol["is_correct"], "solver": solver})
-    return rows
+        yield prompt, solver, sol
+
+
+def gsm8k_solutions_to_orm(record: dict) -> list[dict]:
+    """One ORM row per labelled model solution."""
+    return [{"prompt": prompt, "completion": sol["solution"], "label": sol["is_correct"], "solver": solver}
+            for prompt, solver, sol in _solutions(record)]
 
 
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
@@ -210,15 +213,11 @@ def prm_step_labels(steps: list[str], is_correct: bool) -> list[int]:
 
 def gsm8k_solutions_to_prm(record: dict) -> list[dict]:
     """One PRM row per model solution: its lines are the steps, labelled by ``prm_step_labels``."""
-    question = _need(record, "question")
     rows = []
-    for solver in GSM8K_SOLVERS:
-        sol = _need(record, solver)
-        if not isinstance(sol, dict) or "solution" not in sol or "is_correct" not in sol:
-            raise RowError(solver, "must hold solution and is_correct")
+    for prompt, solver, sol in _solutions(record):
         steps = [line.strip() for line in sol["solution"].split("\n") if line.strip()]
-        rows.append({"prompt": [{"role": "user", "content": question}], "completions": steps,
-                     "labels": prm_step_labels(steps, bool(sol["is_correct"])), "solver": solver})
+        rows.append({"prompt": prompt, "completions": steps, "labels": prm_step_labels(steps, bool(sol["is_correct"])),
+                     "solver": solver})
     return rows
 
 
@@ -341,6 +340,25 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
                           for r in bad.iter_rows()), quarantine_path)
     good = tagged.filter(lambda r: r["row"] is not None).map(_with_source)
     return good, n_bad
+
+
+def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path | None):
+    """Rows carrying ``file, line, field, reason`` (reason None = good) → (good rows, bad count).
+
+    ``error``: the first bad row (in file order) raises ``BadRecord``; ``quarantine``: bad rows are
+    appended to ``quarantine_path``. The bookkeeping columns are dropped from the good rows.
+    """
+    tagged = tagged.materialize()
+    bad = tagged.filter(lambda r: r["reason"] is not None)
+    n_bad = bad.count()
+    if n_bad and on_bad_rows == "error":
+        first = bad.sort(["file", "line"]).take(1)[0]
+        raise BadRecord(first["file"], first["line"], first["field"], first["reason"])
+    if n_bad and quarantine_path is not None:
+        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"]) for r in bad.iter_rows()),
+                         quarantine_path, append=True)
+    keep = [c for c in tagged.columns() if c not in ("file", "line", "field", "reason")]
+    return tagged.filter(lambda r: r["reason"] is None).select_columns(keep).materialize(), n_bad
 
 
 def _with_source(r: dict) -> dict:

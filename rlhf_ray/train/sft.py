@@ -9,7 +9,7 @@ import torch
 
 from rlhf_ray import chat, losses, models
 from rlhf_ray.config import ModelConfig, PipelineConfig, SFTConfig
-from rlhf_ray.data import Record, write_quarantine
+from rlhf_ray.data import split_bad_rows
 from rlhf_ray.schema import BadRecord
 from rlhf_ray.train import loop, runner, sft_data
 
@@ -61,18 +61,10 @@ def encode_dataset(rows, policy: ModelConfig, cfg: SFTConfig, on_bad_rows: str, 
     t = cfg.train
     encoded = rows.map(_encode, fn_kwargs={"model": dataclasses.asdict(policy), "max_seq_len": t.max_seq_len,
                                            "mask": t.mask, "overlength": t.overlength}).materialize()
-    bad = encoded.filter(lambda r: r["reason"] is not None)
-    n_bad = bad.count()
-    if n_bad and on_bad_rows == "error":
-        first = bad.sort(["file", "line"]).take(1)[0]
-        raise BadRecord(first["file"], first["line"], first["field"], first["reason"])
-    if n_bad and quarantine_path is not None:
-        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"]) for r in bad.iter_rows()),
-                         quarantine_path, append=True)
-    good = encoded.filter(lambda r: r["reason"] is None).select_columns(["input_ids", "labels"]).materialize()
+    good, n_bad = split_bad_rows(encoded, on_bad_rows, quarantine_path)
     counts = {"encoded": good.count(), "quarantined_after_tokenization": n_bad,
-              "truncated": encoded.filter(lambda r: bool(r["truncated"])).count()}
-    return good, counts
+              "truncated": good.filter(lambda r: bool(r["truncated"])).count()}
+    return good.select_columns(["input_ids", "labels"]), counts
 
 
 # ---------------------------------------------------------------- the recipe the runner trains

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jobs import sft as sft_job
-from rlhf_ray import chat, config, manifest
+from rlhf_ray import chat, config, job, manifest
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -101,7 +101,7 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
 def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy_dir, tmp_path, capsys):
     data = tmp_path / "convs.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "robot", "content": "Hi"}]}) + "\n")
-    rc = sft_job.main(["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+    rc = job.main("sft", "", sft_job.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=error"])
     assert rc == 1
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err

@@ -91,3 +91,20 @@ def test_prm_labels_sit_on_each_steps_last_token(tiny_dir):
 
 def test_auc_by_hand():
     assert rm.auc([0.9, 0.1, 0.5, 0.5], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+
+
+def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
+    from rlhf_ray.models import default_rm_dir
+    tok = models.load_tokenizer(str(default_rm_dir()))
+    model = rm.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
+    assert model.config.rlhf_ray_pooling == "mean"
+    ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
+    alone = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    padded = rm.sequence_rewards(model, torch.tensor([ids + [0] * 4]), torch.tensor([[1] * len(ids) + [0] * 4]))
+    assert torch.allclose(alone, padded, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = rm.load_reward_model(str(tmp_path), "bt", tok).eval()
+    assert again.config.rlhf_ray_pooling == "mean"
+    assert torch.allclose(rm.sequence_rewards(again, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
+                          alone, atol=1e-5)
