@@ -7,6 +7,7 @@ without length sorting. One process, baselines run in the same command; JSON to 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import random
@@ -69,6 +70,10 @@ def trl(rows, tok, args) -> dict:
     ds = datasets.Dataset.from_list([{"chosen": plain(r["prompt"] + r["chosen"]),
                                       "rejected": plain(r["prompt"] + r["rejected"])} for r in rows])
     model = AutoModelForSequenceClassification.from_pretrained(str(models.default_rm_dir()), num_labels=1)
+    # TRL appends the EOS token to every text; MiniLM's WordPiece tokenizer has none, so lend it [SEP]
+    # (one extra token a sequence on TRL's side).
+    tok = copy.deepcopy(tok)
+    tok.eos_token = tok.sep_token
     cfg = RewardConfig(output_dir=str(ROOT / "runs" / "bench_trl_rm"), max_steps=args.steps + 1,
                        per_device_train_batch_size=args.pairs_per_step, learning_rate=3e-5,
                        lr_scheduler_type="constant", max_length=args.max_len, use_cpu=True, report_to="none",
@@ -109,7 +114,11 @@ def main() -> None:
     torch.manual_seed(0)
     rows = list(data.read_records([HH], "pairwise", "hh", on_bad_rows="quarantine", quarantine=[]))
     tok = models.load_tokenizer(models.DEFAULT_RM)
-    train_rows = rows[: (args.steps + 1) * args.pairs_per_step]
+    # TRL drops pairs longer than max_length where rlhf_ray truncates them: time both on pairs that fit
+    # whole (with room for the token TRL appends), so each side trains on the same tokens.
+    fits = [r for r in rows if all(len(ids) < args.max_len - 1 for ids in
+                                   (rm.encode(r["prompt"], r[s], tok, None, 10 ** 6)[0] for s in ("chosen", "rejected")))]
+    train_rows = fits[: (args.steps + 1) * args.pairs_per_step]
     res = {"device": "cpu", "machine": platform.node(), "threads": args.threads, "max_len": args.max_len,
            "pairs_per_step": args.pairs_per_step, "steps": args.steps,
            "train": {"rlhf_ray": ours(train_rows, tok, args), "trl": trl(train_rows, tok, args)},

@@ -105,3 +105,15 @@ def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy
                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=error"])
     assert rc == 1
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err
+
+
+def test_two_ddp_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_dir, tmp_path):
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.scaling.num_workers=2", "sft.train.micro_batch_size=2",
+                   "sft.train.global_batch_size=8", "sft.train.epochs=1")
+    sft_job.run(cfg)
+    # 48 rows over 2 workers, 8 sequences a step (2 per micro-batch × 2 accumulation × 2 workers).
+    assert manifest.read(tmp_path / "sft")["counts"]["steps"] == 6
+    progress = [json.loads((tmp_path / "sft" / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["step"] for p in progress] == [6, 6] and progress[0]["pid"] != progress[1]["pid"]
+    metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == list(range(1, 7)) and metrics[-1]["loss"] < metrics[0]["loss"]
