@@ -28,12 +28,17 @@ def free_port():
 @pytest.fixture
 def head(tmp_path):
     port, dash = free_port(), free_port()
+    # The session's own cluster already holds Ray's default agent ports: give this head free ones.
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
     # --block keeps the head in the foreground: terminating this one process stops the whole cluster.
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
+         *agent_ports],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -57,10 +62,14 @@ def head(tmp_path):
 def test_ray_job_submit_sft_tiny_config(head, tmp_path):
     address, env = head
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
-         "python", "jobs/sft.py", "jobs/configs/tiny.yaml", f"run_dir={run_dir}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
+    cmd = [str(BIN / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
+           "python", "jobs/sft.py", "jobs/configs/tiny.yaml", f"run_dir={run_dir}"]
+    for _ in range(6):
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
+        # The job API answers before the head's job agent is up (slower when another cluster runs).
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            break
+        time.sleep(5)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout
     model_dir = run_dir / "sft" / "model"
