@@ -12,12 +12,8 @@ GOOD, BAD = ["Thanks, happy to help!", "Sure, here it is."], ["No.", "Go away."]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, policy_dir):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(policy_dir)
-    path = tmp_path_factory.mktemp("tiny_rm")
-    models.save_policy(models.tiny_causal_lm(tok, hidden_size=32, layers=1), tok, path)
-    return path
+def tiny_dir(tiny_policy_dir):
+    return tiny_policy_dir
 
 
 def rows_for(objective):
