@@ -51,7 +51,7 @@ def run(cfg: PipelineConfig) -> Path:
         rows = rows.limit(d.limit)
     encoded, counts = sft.encode_dataset(rows, cfg.policy, cfg.sft, d.on_bad_rows, quarantine)
     if eval_files:
-        eval_rows, eval_bad = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, None)
+        eval_rows, _ = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, None)
         eval_ds, _ = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, None)
     elif d.eval_rows:
         encoded, eval_ds = encoded.split_at_indices([encoded.count() - d.eval_rows])

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-# (model, micro-batch) -> (loss summed over its units, number of units, extra sums to report)
+# (model, micro-batch) -> (loss summed over its units, number of units)
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
