@@ -22,7 +22,7 @@ def _last(items: list, n: int) -> list:
 def pair_items(e) -> tuple[list[dict], list[str]]:
     rows = [r for f in data.expand_paths(e.pairs) for r in _tagged(f, "pairwise", e.pairs_adapter)]
     rows = _last(rows, e.pairs_limit)
-    items = [{"key": f"{i}:{side}", "prompt_json": json.dumps(r["prompt"]), "completion_json": json.dumps(r[side])}
+    items = [{"key": f"{i}:{side}", "prompt": r["prompt"], "completion": r[side]}
              for i, r in enumerate(rows) for side in ("chosen", "rejected")]
     return items, [r["subset"] for r in rows]
 
@@ -38,15 +38,14 @@ def bon_items(e) -> tuple[list[dict], list[list[float]]]:
     for i, rec in enumerate(records[: e.bon_limit or None]):
         prompt = [{"role": "user", "content": rec["instruction"]}]
         gold.append(rec["gpt4t_pref_vs_ref"][:n_max])
-        items += [{"key": f"{i}:{j}", "prompt_json": json.dumps(prompt),
-                   "completion_json": json.dumps([{"role": "assistant", "content": c}])}
+        items += [{"key": f"{i}:{j}", "prompt": prompt, "completion": c}
                   for j, c in enumerate(rec["candidates"][:n_max])]
     return items, gold
 
 
 def orm_items(e) -> tuple[list[dict], list[int]]:
     rows = _last(list(data.read_records(data.expand_paths(e.orm), "orm", e.orm_adapter)), e.orm_limit)
-    items = [{"key": str(i), "prompt_json": json.dumps(r["prompt"]), "completion_json": json.dumps(r["completion"])}
+    items = [{"key": str(i), "prompt": r["prompt"], "completion": r["completion"]}
              for i, r in enumerate(rows)]
     return items, [int(r["label"]) for r in rows]
 

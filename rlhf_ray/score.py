@@ -4,9 +4,9 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlhf_ray import models
@@ -67,24 +67,106 @@ class RewardScorer:
         return self.padding / max(self.padding + self.real, 1)
 
 
+class VLLMRewardScorer:
+    """A decoder RM checkpoint (``*ForSequenceClassification``, one label) in vLLM's pooling runner: the
+    head's raw logit at the last token, the same number ``RewardScorer`` reads. vLLM batches without
+    padding."""
+
+    def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, dtype: str = "float32"):
+        from transformers import AutoConfig
+
+        from rlhf_ray.generate import load_llm
+
+        cfg = AutoConfig.from_pretrained(models.resolve(model_dir))
+        if getattr(cfg, "rlhf_ray_pooling", None) == "mean" or not (cfg.architectures or [""])[0].endswith(
+                "ForSequenceClassification"):
+            raise ValueError(f"{model_dir}: vLLM scores decoder *ForSequenceClassification RMs (last-token "
+                             f"head); use scorer=rm for {cfg.architectures} with mean pooling or token heads")
+        self.tokenizer = models.load_tokenizer(models.resolve(model_dir))
+        self.template, self.max_len = template, max_len
+        self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling")
+        self.padding, self.real = 0, 0
+
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], sort: bool = True) -> list[float]:
+        from vllm import PoolingParams
+
+        ids = [reward.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
+        self.real += sum(map(len, ids))
+        # use_activation=False: the raw logit (vLLM applies a sigmoid by default).
+        outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
+                                 pooling_params=PoolingParams(use_activation=False))
+        return [float(o.outputs.probs[0]) for o in outs]
+
+
+def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
+                judge: dict | None = None):
+    if kind == "rm":
+        return RewardScorer(model_dir, template, max_len, batch_size, threads=threads)
+    if kind == "vllm":
+        return VLLMRewardScorer(model_dir, template, max_len)
+    if kind == "judge":
+        from rlhf_ray import judge as j
+
+        jc = judge or {}
+        if jc.get("base_url"):
+            backend = j.OpenAIBackend(jc["base_url"], jc.get("served_model") or "default",
+                                      jc.get("api_key_env", "OPENAI_API_KEY"), jc.get("max_tokens", 256))
+        elif jc.get("model"):
+            backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256))
+        else:
+            raise ValueError("score.judge needs base_url (an OpenAI-compatible endpoint) or model (a local judge)")
+        return j.JudgeScorer(backend)
+    raise ValueError(f"unknown scorer {kind!r} (rm, vllm, judge)")
+
+
+def as_messages(completion) -> list[dict]:
+    """A completion as a message list: candidates hold plain text, preference rows hold messages."""
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in completion]
+
+
 class _ScoreActor:
-    def __init__(self, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int):
-        self.scorer = RewardScorer(model_dir, template, max_len, batch_size, threads=threads)
+    def __init__(self, **kwargs):
+        self.scorer = make_scorer(**kwargs)
 
     def __call__(self, batch: dict) -> dict:
-        prompts = [json.loads(p) for p in batch["prompt_json"]]
-        completions = [json.loads(c) for c in batch["completion_json"]]
-        return {**batch, "reward": self.scorer.score(prompts, completions)}
+        prompts = [as_messages(p) for p in batch["prompt"]]
+        completions = [as_messages(c) for c in batch["completion"]]
+        before = (self.scorer.real, self.scorer.padding)
+        rewards = self.scorer.score(prompts, completions)
+        # Token counts of this call, so that the job can report the padding fraction.
+        real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
+        # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.
+        plain = {"prompt": _objects(prompts)}
+        if len(batch["completion"]) and not isinstance(batch["completion"][0], str):
+            plain["completion"] = _objects(completions)
+        return {**batch, **plain, "reward": rewards, "score_tokens": _spread(real, len(rewards)),
+                "score_padding": _spread(pad, len(rewards))}
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _spread(total: int, n: int) -> list[int]:
+    """``total`` split over ``n`` rows so that the column sums back to it exactly."""
+    return [total // n + (i < total % n) for i in range(n)]
 
 
 def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_len: int = 512,
                   batch_size: int = 16, actors: tuple[int, int] = (1, 1), rows_per_call: int = 256,
-                  threads: int = 0):
-    """Add a ``reward`` column to rows holding ``prompt_json`` and ``completion_json`` (message lists as JSON)."""
+                  threads: int = 0, scorer: str = "rm", judge: dict | None = None, cpus_per_actor: float = 1,
+                  gpus_per_actor: float = 0):
+    """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
+    and ``completion`` (text or messages)."""
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
         _ScoreActor, batch_size=rows_per_call, batch_format="numpy",
-        fn_constructor_kwargs={"model_dir": str(model_dir), "template": template, "max_len": max_len,
-                               "batch_size": batch_size, "threads": threads},
-        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=1)
+        fn_constructor_kwargs={"kind": scorer, "model_dir": str(model_dir), "template": template, "max_len": max_len,
+                               "batch_size": batch_size, "threads": threads, "judge": judge},
+        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor)

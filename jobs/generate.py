@@ -1,0 +1,93 @@
+"""N completions per prompt with vLLM actor pools on Ray Data.
+
+    python jobs/generate.py CONFIG [key=value ...]
+
+Reads generate.prompts (or the generated task's prompts), renders each in generation-prompt mode,
+and writes RUN_DIR/generate/: candidates/ (Parquet: prompt_id, sample_idx, prompt, completion,
+num_prompt_tokens, num_completion_tokens, finish_reason, plus the prompt rows' other columns such as
+a gold answer), quarantine.jsonl (bad or too-long prompts) and manifest.json. A finished stage with the
+same config, model and prompts is skipped.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rlhf_ray import cluster, config, data, job, manifest, models, tasks
+from rlhf_ray.config import PipelineConfig
+
+
+def prompt_files(cfg: PipelineConfig) -> list[str]:
+    if cfg.generate.prompts:
+        return data.expand_paths(cfg.generate.prompts)
+    if cfg.task.name == "arithmetic":
+        t = cfg.task
+        return [tasks.write_arithmetic(Path(cfg.run_dir) / "data", t.sft_rows, t.prompt_rows, t.seed)["prompts"]]
+    raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
+
+
+def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) -> Path:
+    """prompts → out/candidates (M×N rows), skipped when out's manifest matches."""
+    from rlhf_ray import generate
+
+    g = cfg.generate
+    inputs = manifest.fingerprint([*prompts, models.resolve(model_dir)])
+    chash = config.config_hash({"generate": g, "template": cfg.policy.template})
+    if manifest.up_to_date(out, chash, inputs):
+        print(f"[generate] {out} is up to date (config {chash}); skipping")
+        return out / "candidates"
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = out / "quarantine.jsonl"
+    quarantine.unlink(missing_ok=True)
+
+    cluster.connect()
+    rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)
+    if g.limit:
+        rows = rows.limit(g.limit)
+    tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": cfg.policy.template,
+                                                           "max_prompt_tokens": g.max_model_len - g.max_tokens})
+    good, too_long = data.split_bad_rows(tagged, g.on_bad_rows, quarantine)
+    m = good.count()
+    # One block per actor call, so that the pool streams and a lost actor costs one call's retry.
+    good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
+    sampling = generate.Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
+    candidates = generate.generate_dataset(
+        good, model_dir, cfg.policy.template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
+        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb)
+    target = out / "candidates"
+    shutil.rmtree(target, ignore_errors=True)
+    start = time.perf_counter()
+    candidates.write_parquet(str(target))
+    seconds = time.perf_counter() - start
+
+    counts = check_accounting(target, m, g.n, ("prompt_id", "sample_idx"))
+    tokens = counts.pop("num_completion_tokens")
+    counts.update(prompts=m, quarantined=bad + too_long, completion_tokens=tokens,
+                  seconds=round(seconds, 2), completion_tokens_per_s=round(tokens / seconds, 1))
+    manifest.write(out, "generate", config.to_dict(cfg), chash, inputs, counts, model_dir=model_dir)
+    print(f"[generate] wrote {target}: {counts}")
+    return target
+
+
+def check_accounting(path: Path, m: int, n: int, key: tuple[str, ...]) -> dict:
+    """Exactly m×n rows, each key once; raises when a row was lost or duplicated."""
+    import ray.data
+
+    ds = ray.data.read_parquet(str(path))
+    rows = ds.count()
+    unique = ds.groupby(list(key)).count().count() if rows else 0
+    if rows != m * n or unique != rows:
+        raise RuntimeError(f"{path}: {rows} rows ({unique} distinct {key}) for {m} prompts × {n}: rows lost or repeated")
+    return {"candidates": rows, "num_completion_tokens": int(ds.sum("num_completion_tokens") or 0)}
+
+
+def run(cfg: PipelineConfig) -> Path:
+    model_dir = cfg.generate.model_dir or str(Path(cfg.run_dir) / "sft" / "model")
+    return stage(cfg, model_dir, prompt_files(cfg), Path(cfg.run_dir) / "generate")
+
+
+if __name__ == "__main__":
+    sys.exit(job.main("generate", __doc__, run, sys.argv[1:]))

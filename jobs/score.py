@@ -1,0 +1,64 @@
+"""Score candidates with a reward model (or an LLM judge) in a Ray Data actor pool.
+
+    python jobs/score.py CONFIG [key=value ...]
+
+Reads score.candidates (default RUN_DIR/generate/candidates) and writes RUN_DIR/score/scored/ (the
+candidates + reward, score_tokens, score_padding) and manifest.json with scores/s and the padding
+fraction. A finished stage with the same config, candidates and model is skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rlhf_ray import cluster, config, job, manifest, models
+from rlhf_ray.config import PipelineConfig
+
+
+def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Path:
+    """candidates → out/scored with the same rows and a reward column."""
+    import ray.data
+
+    from rlhf_ray.score import score_dataset
+
+    s = cfg.score
+    inputs = manifest.fingerprint([candidates] + ([models.resolve(model_dir)] if s.scorer != "judge" else []))
+    chash = config.config_hash({"score": s})
+    if manifest.up_to_date(out, chash, inputs):
+        print(f"[score] {out} is up to date (config {chash}); skipping")
+        return out / "scored"
+    cluster.connect()
+    ds = ray.data.read_parquet(candidates)
+    rows_in = ds.count()
+    scored = score_dataset(ds, model_dir, s.template, s.max_len, s.batch_size, tuple(s.actors), s.rows_per_call,
+                           s.threads, s.scorer, dataclasses.asdict(s.judge), s.cpus_per_actor, s.gpus_per_actor)
+    target = out / "scored"
+    shutil.rmtree(target, ignore_errors=True)
+    start = time.perf_counter()
+    scored.write_parquet(str(target))
+    seconds = time.perf_counter() - start
+
+    done = ray.data.read_parquet(str(target))
+    rows, unique = done.count(), done.groupby(["prompt_id", "sample_idx"]).count().count()
+    if rows != rows_in or unique != rows:
+        raise RuntimeError(f"{target}: {rows} rows ({unique} distinct) scored from {rows_in} candidates")
+    real, pad = int(done.sum("score_tokens") or 0), int(done.sum("score_padding") or 0)
+    counts = {"candidates": rows, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
+              "padding_fraction": round(pad / max(real + pad, 1), 4)}
+    manifest.write(out, "score", config.to_dict(cfg), chash, inputs, counts, model_dir=model_dir)
+    print(f"[score] wrote {target}: {counts}")
+    return target
+
+
+def run(cfg: PipelineConfig) -> Path:
+    s = cfg.score
+    candidates = s.candidates or str(Path(cfg.run_dir) / "generate" / "candidates")
+    model_dir = s.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
+    return stage(cfg, candidates, model_dir, Path(cfg.run_dir) / "score")
+
+
+if __name__ == "__main__":
+    sys.exit(job.main("score", __doc__, run, sys.argv[1:]))

@@ -1,0 +1,131 @@
+"""LLM-as-a-judge with the MT-Bench judge prompts (Zheng et al. 2023): a 1–10 rating of one answer, or a
+pairwise verdict ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (tie).
+
+The prompt building and verdict parsing are pure; a backend (a local vLLM engine or any
+OpenAI-compatible endpoint) turns judge conversations into text.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Protocol, Sequence
+
+SINGLE_SYSTEM = "You are a helpful assistant."
+SINGLE_PROMPT = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. Your evaluation should consider factors such as the "
+    "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your "
+    "evaluation by providing a short explanation. Be as objective as possible. After providing your explanation, "
+    "you must rate the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for "
+    "example: \"Rating: [[5]]\".\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+    "[The End of Assistant's Answer]"
+)
+PAIR_SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
+    "the user question displayed below. You should choose the assistant that follows the user's instructions and "
+    "answers the user's question better. Your evaluation should consider factors such as the helpfulness, "
+    "relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by "
+    "comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the "
+    "order in which the responses were presented does not influence your decision. Do not allow the length of the "
+    "responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as "
+    "possible. After providing your explanation, output your final verdict by strictly following this format: "
+    "\"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
+)
+PAIR_PROMPT = (
+    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's "
+    "Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
+)
+
+_RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+_RATING_LOOSE = re.compile(r"\[(\d+(?:\.\d+)?)\]")
+
+
+def question_text(prompt: Sequence[dict]) -> str:
+    """The judged question: the conversation's last user message."""
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def single_messages(question: str, answer: str) -> list[dict]:
+    return [{"role": "system", "content": SINGLE_SYSTEM},
+            {"role": "user", "content": SINGLE_PROMPT.format(question=question, answer=answer)}]
+
+
+def pair_messages(question: str, answer_a: str, answer_b: str) -> list[dict]:
+    return [{"role": "system", "content": PAIR_SYSTEM},
+            {"role": "user", "content": PAIR_PROMPT.format(question=question, answer_a=answer_a, answer_b=answer_b)}]
+
+
+def parse_rating(text: str) -> float:
+    """The ``[[rating]]`` of a judgement (MT-Bench also accepts ``[rating]``); NaN when there is none."""
+    m = _RATING.search(text) or _RATING_LOOSE.search(text)
+    return float(m.group(1)) if m else math.nan
+
+
+def parse_verdict(text: str) -> str | None:
+    """"A", "B", "C" (tie), or None when the judge gave no verdict (or more than one)."""
+    found = {v for v in "ABC" if f"[[{v}]]" in text}
+    return found.pop() if len(found) == 1 else None
+
+
+def combine_swapped(first: str | None, swapped: str | None) -> str | None:
+    """MT-Bench's position-bias rule: judge both orders; a verdict that flips with the order is a tie."""
+    undo = {"A": "B", "B": "A", "C": "C", None: None}[swapped]
+    if first is None or undo is None:
+        return None
+    return first if first == undo else "C"
+
+
+class Backend(Protocol):
+    def complete(self, conversations: list[list[dict]]) -> list[str]: ...
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat endpoint; the key comes from an environment variable."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 256):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "none")
+        self.model, self.max_tokens = model, max_tokens
+
+    def complete(self, conversations: list[list[dict]]) -> list[str]:
+        out = []
+        for messages in conversations:
+            r = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
+                                                    max_tokens=self.max_tokens)
+            out.append(r.choices[0].message.content or "")
+        return out
+
+
+class VLLMBackend:
+    """A local judge model in a vLLM engine, greedy."""
+
+    def __init__(self, model: str, max_tokens: int = 256, max_model_len: int = 4096):
+        from rlhf_ray.generate import load_llm
+
+        from vllm import SamplingParams
+
+        self.llm = load_llm(model, max_model_len=max_model_len)
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+    def complete(self, conversations: list[list[dict]]) -> list[str]:
+        outs = self.llm.chat(conversations, self.params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+
+class JudgeScorer:
+    """Rewards = the judge's 1–10 ratings (NaN where it gave none; selection never picks those)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.padding = self.real = 0
+
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], sort: bool = True) -> list[float]:
+        convs = [single_messages(question_text(p), c[-1]["content"]) for p, c in zip(prompts, completions)]
+        return [parse_rating(t) for t in self.backend.complete(convs)]
+
+    def compare(self, prompt: list[dict], answer_a: str, answer_b: str) -> str | None:
+        q = question_text(prompt)
+        first, swapped = self.backend.complete([pair_messages(q, answer_a, answer_b), pair_messages(q, answer_b, answer_a)])
+        return combine_swapped(parse_verdict(first), parse_verdict(swapped))

@@ -1,0 +1,164 @@
+"""Generation (real vLLM on CPU) → scoring on the shared local cluster: M×N accounting, the
+generation-prompt format, quarantine of prompts that do not fit, and actors killed mid-run."""
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from jobs import generate as generate_job
+from jobs import score as score_job
+from rlhf_ray import chat, config, manifest, models, tasks
+from rlhf_ray.config import PipelineConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(policy_dir, tmp_path_factory):
+    """Random weights, SmolLM2's tokenizer; head_dim 64 (vLLM's CPU attention has no kernel for 16)."""
+    tok = models.load_tokenizer(str(policy_dir))
+    path = tmp_path_factory.mktemp("tiny_vllm_policy")
+    models.save_policy(models.tiny_causal_lm(tok, hidden_size=128, layers=2, heads=2), tok, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tiny_policy_dir, tmp_path_factory):
+    """A random-weight Llama reward model (last-token scalar head) with the SmolLM2 tokenizer."""
+    from rlhf_ray.train import reward
+
+    tok = models.load_tokenizer(str(tiny_policy_dir))
+    path = tmp_path_factory.mktemp("tiny_rm")
+    reward.load_reward_model(str(tiny_policy_dir), "bt", tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_prompts(path: Path, m: int, extra: list[str] = ()) -> Path:
+    tasks.write_arithmetic(path.parent / "task", 0, m, seed=1)
+    lines = (path.parent / "task" / "prompts.jsonl").read_text().splitlines() + list(extra)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pipeline_cfg(tmp_path, prompts, model, rm, *overrides):
+    return config.load(PipelineConfig, None, [
+        f"run_dir={tmp_path}", f"generate.prompts=[{prompts}]", f"generate.model_dir={model}",
+        f"score.model_dir={rm}", *overrides])
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_parquet(path).sort_values(["prompt_id", "sample_idx"]).reset_index(drop=True)
+
+
+def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_policy_dir, tiny_rm_dir):
+    long_prompt = json.dumps({"prompt": [{"role": "user", "content": "word " * 400}], "answer": "0"})
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 12, [long_prompt, json.dumps({"answer": "1"})])
+    cfg = pipeline_cfg(tmp_path, prompts, tiny_policy_dir, tiny_rm_dir, "generate.n=3", "generate.max_tokens=16",
+                       "generate.max_model_len=256", "generate.rows_per_call=4", "score.rows_per_call=8")
+    candidates = generate_job.run(cfg)
+
+    df = read(candidates)
+    assert len(df) == 12 * 3 and not df.duplicated(["prompt_id", "sample_idx"]).any()
+    assert sorted(df.groupby("prompt_id").sample_idx.apply(list).map(tuple).unique()) == [(0, 1, 2)]
+    tok = models.load_tokenizer(str(tiny_policy_dir))
+    for _, row in df.iloc[::3].iterrows():
+        ids = chat.render_prompt(list(row.prompt), tok)
+        assert row.num_prompt_tokens == len(ids)
+        assert tok.decode(ids).endswith("<|im_start|>assistant\n")  # generation-prompt mode, as SFT trained
+    assert set(df.finish_reason) <= {"stop", "length"} and (df.num_completion_tokens <= 16).all()
+    gold = {json.loads(l)["prompt"][0]["content"]: json.loads(l)["answer"] for l in prompts.read_text().splitlines()[:12]}
+    assert all(gold[p[0]["content"]] == a for p, a in zip(df.prompt, df.answer))
+    quarantined = [json.loads(l) for l in (tmp_path / "generate" / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((q["line"], q["field"]) for q in quarantined) == [(13, "prompt"), (14, "prompt")]
+    assert "tokens" in next(q["reason"] for q in quarantined if q["line"] == 13)
+    counts = manifest.read(tmp_path / "generate")["counts"]
+    assert counts["prompts"] == 12 and counts["candidates"] == 36 and counts["quarantined"] == 2
+
+    scored = read(score_job.run(cfg))
+    assert len(scored) == 36 and np.isfinite(scored.reward).all() and scored.reward.std() > 0
+    from rlhf_ray.score import RewardScorer
+
+    direct = RewardScorer(str(tiny_rm_dir)).score([list(p) for p in scored.prompt[:6]],
+                                                  [[{"role": "assistant", "content": c}] for c in scored.completion[:6]])
+    np.testing.assert_allclose(scored.reward[:6], direct, atol=1e-5)
+    assert 0 <= manifest.read(tmp_path / "score")["counts"]["padding_fraction"] < 0.5
+
+
+def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_rm_dir):
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def both(model_dir):
+        from rlhf_ray.score import RewardScorer, VLLMRewardScorer
+
+        prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
+        completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(6)]
+        return RewardScorer(model_dir).score(prompts, completions), VLLMRewardScorer(model_dir).score(prompts, completions)
+
+    hf, vllm_scores = ray.get(both.remote(str(tiny_rm_dir)))
+    np.testing.assert_allclose(vllm_scores, hf, atol=1e-4)
+    assert np.std(hf) > 0
+
+
+def test_smollm2_generates_in_the_chat_format(ray_cluster, tmp_path, policy_dir):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+    cfg = pipeline_cfg(tmp_path, prompts, "default", "default-rm", "generate.n=4", "generate.max_tokens=64",
+                       "generate.max_model_len=512")
+    df = read(generate_job.run(cfg))
+    assert len(df) == 32 and not df.duplicated(["prompt_id", "sample_idx"]).any()
+    # The instruct model ends its turn with <|im_end|> (vLLM reports "stop") and never writes a new turn.
+    assert (df.finish_reason == "stop").mean() >= 0.25
+    assert not df.completion.str.contains("<|im_start|>", regex=False).any()
+    assert df.groupby("prompt_id").completion.nunique().min() >= 2  # sampling, not n copies of one answer
+    scored = read(score_job.run(cfg))
+    assert len(scored) == 32 and np.isfinite(scored.reward).all()
+
+
+def _kill_when_output_appears(folder: Path, actor: str, record: dict, timeout: float = 300):
+    """SIGKILL the first process of ``actor`` once the stage has written its first output file."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        files = list(folder.glob("*.parquet")) if folder.exists() else []
+        if files:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                if actor in " ".join(p.info["cmdline"] or []):
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    record.update(pid=p.info["pid"], files_at_kill=len(files))
+                    return
+        time.sleep(0.05)
+
+
+def _run_with_kill(fn, cfg, folder: Path, actor: str) -> dict:
+    record: dict = {}
+    killer = threading.Thread(target=_kill_when_output_appears, args=(folder, actor, record), daemon=True)
+    killer.start()
+    fn(cfg)
+    killer.join(timeout=1)
+    return record
+
+
+def test_killed_actors_cost_retries_not_rows(ray_cluster, tmp_path, tiny_policy_dir):
+    m, n = 32, 4
+    prompts = write_prompts(tmp_path / "prompts.jsonl", m)
+    cfg = pipeline_cfg(tmp_path, prompts, tiny_policy_dir, "default", f"generate.n={n}", "generate.max_tokens=200",
+                       "generate.max_model_len=512", "generate.rows_per_call=4", "score.rows_per_call=8",
+                       "score.batch_size=4", "score.threads=1")
+    killed = _run_with_kill(generate_job.run, cfg, tmp_path / "generate" / "candidates", "VLLMGenerator")
+    assert killed and killed["files_at_kill"] < m // 4, f"the generation actor was not killed mid-run: {killed}"
+    assert not psutil.pid_exists(killed["pid"])
+    df = read(tmp_path / "generate" / "candidates")
+    assert len(df) == m * n and not df.duplicated(["prompt_id", "sample_idx"]).any()
+
+    killed = _run_with_kill(score_job.run, cfg, tmp_path / "score" / "scored", "_ScoreActor")
+    assert killed and killed["files_at_kill"] < m * n // 8, f"the scoring actor was not killed mid-run: {killed}"
+    scored = read(tmp_path / "score" / "scored")
+    assert len(scored) == m * n and not scored.duplicated(["prompt_id", "sample_idx"]).any()
+    assert np.isfinite(scored.reward).all()
