@@ -108,20 +108,6 @@ def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_rm_dir):
     assert np.std(hf) > 0
 
 
-def test_smollm2_generates_in_the_chat_format(ray_cluster, tmp_path, policy_dir):
-    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
-    cfg = pipeline_cfg(tmp_path, prompts, "default", "default-rm", "generate.n=4", "generate.max_tokens=64",
-                       "generate.max_model_len=512")
-    df = read(generate_job.run(cfg))
-    assert len(df) == 32 and not df.duplicated(["prompt_id", "sample_idx"]).any()
-    # The instruct model ends its turn with <|im_end|> (vLLM reports "stop") and never writes a new turn.
-    assert (df.finish_reason == "stop").mean() >= 0.25
-    assert not df.completion.str.contains("<|im_start|>", regex=False).any()
-    assert df.groupby("prompt_id").completion.nunique().min() >= 2  # sampling, not n copies of one answer
-    scored = read(score_job.run(cfg))
-    assert len(scored) == 32 and np.isfinite(scored.reward).all()
-
-
 def _kill_when_output_appears(folder: Path, actor: str, record: dict, timeout: float = 300):
     """SIGKILL the first process of ``actor`` once the stage has written its first output file."""
     deadline = time.time() + timeout
@@ -140,25 +126,32 @@ def _run_with_kill(fn, cfg, folder: Path, actor: str) -> dict:
     record: dict = {}
     killer = threading.Thread(target=_kill_when_output_appears, args=(folder, actor, record), daemon=True)
     killer.start()
+    start = time.time()
     fn(cfg)
     killer.join(timeout=1)
+    print(f"{actor}: {time.time() - start:.1f} s, killed {record}")
     return record
 
 
-def test_killed_actors_cost_retries_not_rows(ray_cluster, tmp_path, tiny_policy_dir):
-    m, n = 32, 4
+def test_smollm2_generate_score_survive_killed_actors(ray_cluster, tmp_path, policy_dir):
+    """SmolLM2 generates and (with an untrained head) scores; one actor of each stage is killed mid-run."""
+    m, n = 16, 4
     prompts = write_prompts(tmp_path / "prompts.jsonl", m)
-    cfg = pipeline_cfg(tmp_path, prompts, tiny_policy_dir, "default", f"generate.n={n}", "generate.max_tokens=200",
-                       "generate.max_model_len=512", "generate.rows_per_call=4", "score.rows_per_call=8",
+    cfg = pipeline_cfg(tmp_path, prompts, "default", "default", f"generate.n={n}", "generate.max_tokens=64",
+                       "generate.max_model_len=512", "generate.rows_per_call=2", "score.rows_per_call=4",
                        "score.batch_size=4", "score.threads=1")
     killed = _run_with_kill(generate_job.run, cfg, tmp_path / "generate" / "candidates", "VLLMGenerator")
-    assert killed and killed["files_at_kill"] < m // 4, f"the generation actor was not killed mid-run: {killed}"
+    assert killed and killed["files_at_kill"] < m // 2, f"the generation actor was not killed mid-run: {killed}"
     assert not psutil.pid_exists(killed["pid"])
     df = read(tmp_path / "generate" / "candidates")
     assert len(df) == m * n and not df.duplicated(["prompt_id", "sample_idx"]).any()
+    # The instruct model ends its turn with <|im_end|> (vLLM reports "stop") and never writes a new turn.
+    assert (df.finish_reason == "stop").mean() >= 0.25
+    assert not df.completion.str.contains("<|im_start|>", regex=False).any()
+    assert df.groupby("prompt_id").completion.nunique().min() >= 2  # sampling, not n copies of one answer
 
     killed = _run_with_kill(score_job.run, cfg, tmp_path / "score" / "scored", "_ScoreActor")
-    assert killed and killed["files_at_kill"] < m * n // 8, f"the scoring actor was not killed mid-run: {killed}"
+    assert killed and killed["files_at_kill"] < m * n // 4, f"the scoring actor was not killed mid-run: {killed}"
     scored = read(tmp_path / "score" / "scored")
     assert len(scored) == m * n and not scored.duplicated(["prompt_id", "sample_idx"]).any()
     assert np.isfinite(scored.reward).all()
