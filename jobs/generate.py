@@ -24,8 +24,7 @@ def prompt_files(cfg: PipelineConfig) -> list[str]:
     if cfg.generate.prompts:
         return data.expand_paths(cfg.generate.prompts)
     if cfg.task.name == "arithmetic":
-        t = cfg.task
-        return [tasks.write_arithmetic(Path(cfg.run_dir) / "data", t.sft_rows, t.prompt_rows, t.seed)["prompts"]]
+        return [tasks.task_files(cfg.task, cfg.run_dir)["prompts"]]
     raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
 
 

@@ -1,11 +1,11 @@
-"""The whole path on one config: SFT → reward model → RM evaluation, each stage skipped when its
-manifest is up to date, so an interrupted run resumes where it stopped.
+"""The whole path on one config: SFT → reward model → (RM evaluation) → rejection sampling →
+evaluation → report. Each stage is skipped when its manifest is up to date, so an interrupted run
+resumes where it stopped.
 
     python jobs/pipeline.py jobs/configs/tiny.yaml [key=value ...]
 
-Stages without data in the config are skipped (the reward model needs reward.data.train; the RM
-evaluation needs eval_rm.pairs, bon_file or orm). Rejection sampling, best-of-N evaluation and the
-run report join this job as they land.
+The reward model trains on reward.data.train, or on the generated task's preference pairs; the RM
+evaluation runs when eval_rm names data (pairs, bon_file or orm). Writes RUN_DIR/report.html.
 """
 from __future__ import annotations
 
@@ -15,18 +15,22 @@ from pathlib import Path
 # Run as a script (`python jobs/pipeline.py`), the repository root is not on the path; the stage jobs are.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import eval_rm, sft, train_rm  # noqa: E402
-from rlhf_ray import job  # noqa: E402
+from jobs import eval_rm, evaluate, rejection_sampling, sft, train_rm  # noqa: E402
+from rlhf_ray import job, report  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 
-def run(cfg: PipelineConfig) -> None:
-    sft.run(cfg)
-    if cfg.reward.data.train:
-        train_rm.run(cfg)
+def run(cfg: PipelineConfig) -> Path:
+    policy = str(sft.run(cfg))
+    train_rm.run(cfg)
     e = cfg.eval_rm
     if e.pairs or e.bon_file or e.orm:
         eval_rm.run(cfg)
+    finals = rejection_sampling.run(cfg) if cfg.rs.rounds else {}
+    evaluate.run(cfg, {"sft": policy, **finals})
+    out = report.build(cfg.run_dir, cfg.rs.rounds)
+    print(f"[pipeline] report: {out}")
+    return out
 
 
 if __name__ == "__main__":

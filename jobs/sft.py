@@ -22,9 +22,7 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     if d.train:
         return data.expand_paths(d.train), data.expand_paths(d.eval) if d.eval else []
     if cfg.task.name == "arithmetic":
-        paths = tasks.write_arithmetic(Path(cfg.run_dir) / "data", cfg.task.sft_rows, cfg.task.prompt_rows,
-                                       cfg.task.seed)
-        return [paths["sft"]], []
+        return [tasks.task_files(cfg.task, cfg.run_dir)["sft"]], []
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, manifest
+from rlhf_ray import cluster, config, job, data, manifest, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -52,9 +52,12 @@ def run(cfg: PipelineConfig) -> Path:
     from rlhf_ray.train import reward, runner
 
     r, out = cfg.reward, Path(cfg.run_dir) / "rm"
-    if not r.data.train:
-        raise config.ConfigError("reward.data.train is empty")
-    train_files = data.expand_paths(r.data.train)
+    if r.data.train:
+        train_files = data.expand_paths(r.data.train)
+    elif cfg.task.name != "none":
+        train_files = [tasks.task_files(cfg.task, cfg.run_dir)["pairs"]]
+    else:
+        raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
     eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
     inputs = manifest.fingerprint(train_files + eval_files)
     chash = config.config_hash({"reward": r})

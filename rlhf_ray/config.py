@@ -236,8 +236,9 @@ class EvalRMConfig:
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
     name: Literal["none", "arithmetic"] = "none"
-    sft_rows: int = 256
-    prompt_rows: int = 64
+    sft_rows: int = 256                   # SFT conversations (and as many RM preference pairs)
+    prompt_rows: int = 64                 # prompts for rejection sampling
+    eval_rows: int = 64                   # held-out prompts for evaluation
     seed: int = 0
 
 
@@ -288,6 +289,32 @@ class ScoreConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
+def _rs_train() -> "TrainConfig":
+    return TrainConfig(lr=1e-5, epochs=1, global_batch_size=32, micro_batch_size=8)
+
+
+@dataclass(frozen=True)
+class RSConfig:
+    rounds: int = 1
+    strategy: Literal["top_per_prompt", "top_k_overall"] = "top_per_prompt"
+    top_k: int = 0                        # top_k_overall: cells kept (0: as many as there are prompts)
+    baseline: bool = True                 # also fine-tune on the matched random selection
+    dedup: bool = True                    # identical completions of one prompt count once
+    drop_truncated: bool = True           # never keep a completion cut at max_tokens
+    seed: int = 0
+    train: TrainConfig = field(default_factory=_rs_train)   # SFT on the kept conversations
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    prompts: tuple[str, ...] = ()         # held-out prompts; empty: the generated task's eval prompts
+    adapter: str | None = None
+    limit: int = 0
+    bon_n: tuple[int, ...] = (1, 2, 4, 8) # best-of-N curve of the SFT policy (N_max samples per prompt)
+    policy_samples: int = 4               # samples per prompt for the RS and baseline policies
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     run_dir: str = "runs/tiny"
@@ -298,3 +325,5 @@ class PipelineConfig:
     eval_rm: EvalRMConfig = field(default_factory=EvalRMConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    rs: RSConfig = field(default_factory=RSConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -93,3 +93,19 @@ def dedup_mask(completions: list[list[str]]) -> np.ndarray:
             mask[i, j] = key not in seen
             seen.add(key)
     return mask
+
+
+def reward_matrix(prompt_ids, sample_idx, rewards, n: int | None = None) -> tuple[list, np.ndarray]:
+    """Scored rows (any order) → (sorted prompt ids, R) with R[i, j] the reward of sample j of prompt i.
+
+    Missing samples stay NaN; a (prompt, sample) given twice is an error, since it would hide a lost row.
+    """
+    ids = sorted(set(prompt_ids))
+    row = {p: i for i, p in enumerate(ids)}
+    sample_idx = np.asarray(sample_idx, dtype=int)
+    r = np.full((len(ids), n or (int(sample_idx.max()) + 1 if len(sample_idx) else 0)), np.nan)
+    for p, j, v in zip(prompt_ids, sample_idx, rewards):
+        if not np.isnan(r[row[p], j]):
+            raise ValueError(f"prompt {p!r} sample {j} appears twice")
+        r[row[p], j] = v
+    return ids, r

@@ -49,3 +49,13 @@ def test_best_worst_pairs_and_best_of_n():
 def test_dedup_mask_keeps_first_copy():
     mask = selection.dedup_mask([["a", "b", "a "], ["x"]])
     assert mask.tolist() == [[True, True, False], [True, False, False]]
+
+
+def test_reward_matrix_from_rows_in_any_order():
+    ids, r = selection.reward_matrix(["b", "a", "b", "a"], [1, 0, 0, 1], [0.4, 0.1, 0.3, 0.2])
+    assert ids == ["a", "b"]
+    np.testing.assert_array_equal(r, [[0.1, 0.2], [0.3, 0.4]])
+    _, r = selection.reward_matrix(["a", "b"], [0, 1], [1.0, 2.0], n=3)
+    assert np.isnan(r[0, 1:]).all() and np.isnan(r[1, [0, 2]]).all() and r[1, 1] == 2.0
+    with pytest.raises(ValueError, match="appears twice"):
+        selection.reward_matrix(["a", "a"], [0, 0], [1.0, 2.0])

@@ -1,0 +1,127 @@
+"""Rejection sampling (RLHF book ch. 9): generate N per prompt → score → keep the best → SFT on them.
+
+    python jobs/rejection_sampling.py CONFIG [key=value ...]
+
+Each round r writes RUN_DIR/rs/round{r}/: generate/, score/, select/ (kept.jsonl, random.jsonl with
+the matched random baseline, pairs.jsonl with best/worst preference pairs, manifest.json) and
+top/sft/model (the new policy; random/sft/model for the baseline). Round r+1 starts from round r's
+policy. Every stage is skipped when its manifest matches, so a job interrupted anywhere resumes there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs import generate as generate_job  # noqa: E402
+from jobs import score as score_job  # noqa: E402
+from jobs import sft as sft_job  # noqa: E402
+from rlhf_ray import config, job, manifest, selection, tasks  # noqa: E402
+from rlhf_ray.config import PipelineConfig  # noqa: E402
+
+
+def select(cfg: PipelineConfig, scored: Path, out: Path) -> dict[str, Path]:
+    """Scored candidates → kept / random-baseline conversations and best/worst pairs (jsonl)."""
+    import pandas as pd
+
+    rs = cfg.rs
+    chash = config.config_hash({k: getattr(rs, k) for k in ("strategy", "top_k", "dedup", "drop_truncated", "seed")})
+    inputs = manifest.fingerprint([scored])
+    paths = {name: out / f"{name}.jsonl" for name in ("kept", "random", "pairs")}
+    if manifest.up_to_date(out, chash, inputs):
+        print(f"[select] {out} is up to date; skipping")
+        return paths
+    df = pd.read_parquet(scored).reset_index(drop=True)  # positions, whatever index the files carry
+    ids, r = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward)
+    cell = {(p, j): i for i, (p, j) in enumerate(zip(df.prompt_id, df.sample_idx))}
+    usable = r.copy()
+    if rs.dedup:
+        texts = [[df.completion[cell[(p, j)]] if (p, j) in cell else "" for j in range(r.shape[1])] for p in ids]
+        usable[~selection.dedup_mask(texts)] = np.nan
+    if rs.drop_truncated:
+        truncated = df.finish_reason == "length"
+        for p, j in zip(df.prompt_id[truncated], df.sample_idx[truncated]):
+            usable[ids.index(p), j] = np.nan
+    if rs.strategy == "top_per_prompt":
+        kept, rand = selection.top_per_prompt(usable), selection.random_per_prompt(usable, rs.seed)
+    else:
+        k = rs.top_k or len(ids)
+        kept, rand = selection.top_k_overall(usable, k), selection.random_k_overall(usable, k, rs.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = lambda picks: [df.iloc[cell[(ids[i], j)]] for i, j in picks]  # noqa: E731
+    _write(paths["kept"], [_conversation(x) for x in rows(kept)])
+    _write(paths["random"], [_conversation(x) for x in rows(rand)])
+    pairs = selection.best_worst_pairs(usable)
+    _write(paths["pairs"], [_pair(df.iloc[cell[(ids[i], b)]], df.iloc[cell[(ids[i], w)]]) for i, b, w in pairs])
+    counts = {"prompts": len(ids), "candidates": int(np.isfinite(r).sum()), "usable": int(np.isfinite(usable).sum()),
+              "kept": len(kept), "random": len(rand), "pairs": len(pairs),
+              "reward_mean_all": float(np.nanmean(r)), "reward_mean_kept": _mean(rows(kept), "reward"),
+              "reward_mean_random": _mean(rows(rand), "reward")}
+    if "answer" in df:
+        counts.update(gold_mean_all=float(np.mean([_gold(x) for _, x in df.iterrows()])),
+                      gold_mean_kept=float(np.mean([_gold(x) for x in rows(kept)] or [np.nan])),
+                      gold_mean_random=float(np.mean([_gold(x) for x in rows(rand)] or [np.nan])))
+    manifest.write(out, "select", config.to_dict(cfg.rs), chash, inputs, counts)
+    print(f"[select] {out}: {counts}")
+    return paths
+
+
+def _gold(row) -> float:
+    return tasks.gold_reward(row.completion, row.answer)
+
+
+def _mean(rows, key: str) -> float:
+    return float(np.mean([x[key] for x in rows])) if rows else float("nan")
+
+
+def _conversation(row) -> dict:
+    return {"messages": [*map(dict, row.prompt), {"role": "assistant", "content": row.completion}],
+            "prompt_id": row.prompt_id, "reward": float(row.reward)}
+
+
+def _pair(best, worst) -> dict:
+    return {"prompt": [*map(dict, best.prompt)], "chosen": [{"role": "assistant", "content": best.completion}],
+            "rejected": [{"role": "assistant", "content": worst.completion}],
+            "margin": float(best.reward - worst.reward)}
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+
+
+def finetune(cfg: PipelineConfig, policy: str, conversations: Path, run_dir: Path) -> str:
+    """SFT with the SFT job's code, initialised from ``policy``, on the selected conversations."""
+    sft_cfg = dataclasses.replace(
+        cfg, run_dir=str(run_dir), policy=dataclasses.replace(cfg.policy, name=policy),
+        sft=dataclasses.replace(cfg.sft, data=dataclasses.replace(cfg.sft.data, train=(str(conversations),),
+                                                                  eval=(), eval_rows=0, limit=0),
+                                train=cfg.rs.train, scaling=cfg.rs.scaling))
+    return str(sft_job.run(sft_cfg))
+
+
+def run(cfg: PipelineConfig) -> dict[str, str]:
+    """All rounds; returns the final policies {"rs": ..., "random": ...} (the latter with rs.baseline)."""
+    root = Path(cfg.run_dir)
+    policy = cfg.generate.model_dir or str(root / "sft" / "model")
+    rm = cfg.score.model_dir or str(root / "rm" / "model")
+    prompts = generate_job.prompt_files(cfg)
+    random_policy = None
+    for r in range(1, cfg.rs.rounds + 1):
+        out = root / "rs" / f"round{r}"
+        candidates = generate_job.stage(cfg, policy, prompts, out / "generate")
+        scored = score_job.stage(cfg, str(candidates), rm, out / "score")
+        picked = select(cfg, scored, out / "select")
+        if cfg.rs.baseline:
+            random_policy = finetune(cfg, policy, picked["random"], out / "random")
+        policy = finetune(cfg, policy, picked["kept"], out / "top")
+    return {"rs": policy, **({"random": random_policy} if random_policy else {})}
+
+
+if __name__ == "__main__":
+    sys.exit(job.main("rejection_sampling", __doc__, run, sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""The run report: RUN_DIR/report.html with PNG plots and the results table.
+
+Reads only the run folder's artifacts (metrics.jsonl, manifests, scored candidates, eval/results.json);
+every section whose artifact is missing is left out with a line that says so.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def loss_curve(metrics: list[dict], title: str, path: Path, extra: str | None = None) -> str | None:
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(*zip(*train), label="train loss")
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="held-out loss")
+    if extra:
+        acc = [(m["step"], m[extra]) for m in metrics if extra in m]
+        if acc:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*acc), "s--", color="tab:green", label=f"held-out {extra.removeprefix('eval_')}")
+            ax2.set_ylabel(extra.removeprefix("eval_"))
+            ax2.legend(loc="upper right")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend(loc="upper left" if extra else "best")
+    return _save(fig, path)
+
+
+def reward_histogram(all_rewards, kept_rewards, path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.hist(all_rewards, bins=30, alpha=0.6, label=f"all completions ({len(all_rewards)})")
+    ax.hist(kept_rewards, bins=30, alpha=0.8, label=f"kept ({len(kept_rewards)})")
+    ax.set(xlabel="reward (proxy)", ylabel="count", title="Rejection sampling: rewards of all vs kept")
+    ax.legend()
+    return _save(fig, path)
+
+
+def bon_curve(curve: dict, path: Path) -> str:
+    ns = [int(n) for n in curve]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(ns, [curve[str(n)]["proxy"] for n in ns], "o-", label="proxy reward of the pick")
+    ax.set(xscale="log", xlabel="N (samples per prompt)", ylabel="proxy reward", title="Best-of-N")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    if curve[str(ns[0])].get("gold") is not None:
+        ax2 = ax.twinx()
+        ax2.plot(ns, [curve[str(n)]["gold"] for n in ns], "s-", color="tab:orange", label="gold of the pick")
+        ax2.plot(ns, [curve[str(n)]["gold_oracle"] for n in ns], ":", color="tab:gray", label="gold oracle")
+        ax2.set(ylabel="gold reward", ylim=(0, 1.05))
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def results_table(results: dict) -> list[tuple[str, str, str]]:
+    """Rows (name, gold, proxy): SFT policy, BoN@N, after RS, matched random baseline."""
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    pol, rows = results.get("policies", {}), []
+    if "sft" in pol:
+        rows.append(("SFT policy", fmt(pol["sft"]["gold"]), fmt(pol["sft"]["proxy"])))
+    for n, v in results.get("best_of_n", {}).items():
+        rows.append((f"SFT, best-of-{n}", fmt(v["gold"]), fmt(v["proxy"])))
+    for key, name in (("rs", "after rejection sampling"), ("random", "matched random baseline")):
+        if key in pol:
+            rows.append((name, fmt(pol[key]["gold"]), fmt(pol[key]["proxy"])))
+    return rows
+
+
+def build(run_dir: str | Path, rounds: int = 1) -> Path:
+    import pandas as pd
+
+    root = Path(run_dir)
+    sections: list[str] = []
+
+    def figure(title: str, png: str | None, missing: str) -> None:
+        body = f'<img src="{png}" alt="{html.escape(title)}">' if png else f"<p><em>{html.escape(missing)}</em></p>"
+        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+
+    figure("SFT", loss_curve(_jsonl(root / "sft" / "metrics.jsonl"), "SFT loss", root / "sft_loss.png"),
+           "no SFT metrics in this run")
+    figure("Reward model", loss_curve(_jsonl(root / "rm" / "metrics.jsonl"), "Reward model loss",
+                                      root / "rm_loss.png", extra="eval_accuracy"), "no reward-model metrics")
+    scored, kept = root / "rs" / f"round{rounds}" / "score" / "scored", root / "rs" / f"round{rounds}" / "select" / "kept.jsonl"
+    png = None
+    if scored.exists() and kept.exists():
+        png = reward_histogram(pd.read_parquet(scored).reward.tolist(), [r["reward"] for r in _jsonl(kept)],
+                               root / "rs_rewards.png")
+    figure(f"Rejection sampling, round {rounds}", png, "no rejection-sampling round in this run")
+    results = json.loads((root / "eval" / "results.json").read_text()) if (root / "eval" / "results.json").exists() else {}
+    figure("Best-of-N (held-out prompts)", bon_curve(results["best_of_n"], root / "bon.png") if results.get("best_of_n") else None,
+           "no evaluation in this run")
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in results_table(results))
+    sections.append("<h2>Results (held-out prompts)</h2><table><tr><th>policy</th><th>gold</th><th>proxy</th></tr>"
+                    f"{rows}</table>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>rlhf_ray run report</title><style>"
+            "body{font-family:sans-serif;max-width:760px;margin:2em auto}td,th{padding:4px 12px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}</style></head><body>"
+            f"<h1>Run report: {html.escape(str(root))}</h1>{''.join(sections)}</body></html>")
+    out = root / "report.html"
+    out.write_text(page)
+    return out
