@@ -4,8 +4,9 @@ resumes where it stopped.
 
     python jobs/pipeline.py jobs/configs/tiny.yaml [key=value ...]
 
-The reward model trains on reward.data.train, or on the generated task's preference pairs; the RM
-evaluation runs when eval_rm names data (pairs, bon_file or orm). Writes RUN_DIR/report.html.
+SFT runs on sft.data.train or the generated task (without either, policy.name is used as the SFT
+policy). The reward model trains on reward.data.train, or on the generated task's preference pairs;
+the RM evaluation runs when eval_rm names data (pairs, bon_file or orm). Writes RUN_DIR/report.html.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 
 def run(cfg: PipelineConfig) -> Path:
-    policy = str(sft.run(cfg))
+    if cfg.sft.data.train or cfg.task.name != "none":
+        policy = str(sft.run(cfg))
+    else:
+        policy = cfg.policy.name  # an instruction-tuned model a user names: no SFT stage
     train_rm.run(cfg)
     e = cfg.eval_rm
     if e.pairs or e.bon_file or e.orm:
         eval_rm.run(cfg)
-    finals = rejection_sampling.run(cfg) if cfg.rs.rounds else {}
+    finals = rejection_sampling.run(cfg, policy) if cfg.rs.rounds else {}
     evaluate.run(cfg, {"sft": policy, **finals})
     out = report.build(cfg.run_dir, cfg.rs.rounds)
     print(f"[pipeline] report: {out}")

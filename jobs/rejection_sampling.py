@@ -105,10 +105,11 @@ def finetune(cfg: PipelineConfig, policy: str, conversations: Path, run_dir: Pat
     return str(sft_job.run(sft_cfg))
 
 
-def run(cfg: PipelineConfig) -> dict[str, str]:
-    """All rounds; returns the final policies {"rs": ..., "random": ...} (the latter with rs.baseline)."""
+def run(cfg: PipelineConfig, policy: str | None = None) -> dict[str, str]:
+    """All rounds from ``policy`` (default: generate.model_dir, else RUN_DIR/sft/model); returns the
+    final policies {"rs": ..., "random": ...} (the latter with rs.baseline)."""
     root = Path(cfg.run_dir)
-    policy = cfg.generate.model_dir or str(root / "sft" / "model")
+    policy = policy or cfg.generate.model_dir or str(root / "sft" / "model")
     rm = cfg.score.model_dir or str(root / "rm" / "model")
     prompts = generate_job.prompt_files(cfg)
     random_policy = None

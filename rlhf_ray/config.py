@@ -316,6 +316,41 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DeploymentConfig:
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2.0  # autoscaling target per replica
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+def _ingress() -> "DeploymentConfig":
+    return DeploymentConfig(num_cpus=0.1)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    policy: str = ""                      # empty: RUN_DIR's rejection-sampling policy, else its SFT policy
+    reward_model: str = ""                # empty: RUN_DIR/rm/model
+    template: str | None = None
+    model_name: str = "rlhf-ray-best-of-n"
+    host: str = "127.0.0.1"               # loopback unless told otherwise
+    port: int = 8000
+    api_key_env: str = "RLHF_RAY_API_KEY" # bearer key read from this variable; unset: no auth
+    default_candidates: int = 4
+    max_candidates: int = 16
+    max_tokens: int = 512
+    max_prompt_tokens: int = 1024
+    max_model_len: int = 2048
+    max_ongoing_requests: int = 8         # per ingress replica; beyond it requests queue ...
+    max_queued_requests: int = 16         # ... and beyond this they get 503
+    score_max_len: int = 512
+    generator: DeploymentConfig = field(default_factory=DeploymentConfig)
+    scorer: DeploymentConfig = field(default_factory=DeploymentConfig)
+    ingress: DeploymentConfig = field(default_factory=_ingress)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     run_dir: str = "runs/tiny"
     policy: ModelConfig = field(default_factory=ModelConfig)
@@ -327,3 +362,4 @@ class PipelineConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     rs: RSConfig = field(default_factory=RSConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)

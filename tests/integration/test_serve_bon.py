@@ -1,0 +1,122 @@
+"""The best-of-N Serve app on the shared cluster (real vLLM on CPU, a real reward model), queried with
+the official openai client and raw HTTP: the pick, auth, limits, malformed bodies, overload, a crash."""
+import concurrent.futures as cf
+import os
+import signal
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from rlhf_ray import config
+from rlhf_ray.config import PipelineConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+KEY = "test-key-123"
+ASK = [{"role": "user", "content": "What is 12 + 30?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
+    from ray import serve
+
+    from rlhf_ray.serve import build
+
+    port = free_port()
+    cfg = config.load(PipelineConfig, None, [
+        f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}", f"serve.port={port}",
+        "serve.max_candidates=8", "serve.max_tokens=64", "serve.max_prompt_tokens=200", "serve.max_model_len=512",
+        "serve.max_ongoing_requests=1", "serve.max_queued_requests=1", "serve.scorer.num_cpus=0.5"])
+    os.environ[cfg.serve.api_key_env] = KEY
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build(cfg), name="best-of-n", route_prefix="/")
+    finally:
+        del os.environ[cfg.serve.api_key_env]
+    yield f"http://127.0.0.1:{port}", cfg
+    serve.shutdown()
+
+
+def post(url, body, key=KEY, timeout=120):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+
+
+def test_openai_client_gets_the_best_candidate_and_every_score(endpoint, tiny_vllm_rm_dir):
+    from openai import OpenAI
+
+    from rlhf_ray.score import RewardScorer
+
+    url, cfg = endpoint
+    client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list()] == [cfg.serve.model_name]
+    r = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, n=4, max_tokens=12, temperature=1.0)
+    bon = r.model_extra["best_of_n"]
+    assert len(r.choices) == 1 and len(bon["rewards"]) == len(bon["candidates"]) == 4
+    assert bon["chosen_index"] == int(np.argmax(bon["rewards"]))
+    assert r.choices[0].message.content == bon["candidates"][bon["chosen_index"]]
+    # The rewards are the reward model's own scores of these candidates.
+    direct = RewardScorer(str(tiny_vllm_rm_dir)).score([ASK] * 4, [[{"role": "assistant", "content": c}]
+                                                                   for c in bon["candidates"]])
+    np.testing.assert_allclose(bon["rewards"], direct, atol=1e-5)
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    plain = post(url, {"messages": ASK, "n": 3, "max_tokens": 8, "best_of_n": False}).json()
+    assert len(plain["choices"]) == 3 and "best_of_n" not in plain
+
+
+@pytest.mark.parametrize("body,key,status,needle", [
+    ({"messages": ASK}, None, 401, "API key"),
+    ({"messages": ASK}, "wrong", 401, "API key"),
+    ({"messages": "hi"}, "wrong", 401, "API key"),  # auth is checked before the body
+    ({}, KEY, 422, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, KEY, 422, "messages.0.role"),
+    ({"messages": ASK, "temperature": -1}, KEY, 422, "temperature"),
+    ({"messages": ASK, "n": 9}, KEY, 400, "max_candidates=8"),
+    ({"messages": ASK, "best_of": 20}, KEY, 400, "best_of=20 exceeds max_candidates=8"),
+    ({"messages": ASK, "max_tokens": 65}, KEY, 400, "max_tokens=64"),
+    ({"messages": [{"role": "user", "content": "word " * 300}]}, KEY, 400, "max_prompt_tokens=200"),
+    ({"messages": ASK, "stream": True}, KEY, 400, "stream"),
+    ({"messages": ASK, "seed": 1}, KEY, 400, "seed"),
+])
+def test_bad_requests_get_a_status_and_a_message_that_names_the_problem(endpoint, body, key, status, needle):
+    r = post(endpoint[0], body, key)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_health_needs_no_key(endpoint):
+    assert httpx.get(f"{endpoint[0]}/health", timeout=30).json() == {"status": "ok"}
+
+
+def test_overload_is_answered_with_503_not_an_unbounded_queue(endpoint):
+    with cf.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: post(endpoint[0], {"messages": ASK, "n": 8, "max_tokens": 64}).status_code,
+                              range(16)))
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+
+
+def test_a_crashed_generator_replica_is_restarted_and_the_endpoint_answers_again(endpoint):
+    from ray import serve
+
+    gen = serve.get_deployment_handle("Generator", app_name="best-of-n")
+    pid = gen.info.remote().result()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline, status = time.time() + 240, None
+    while time.time() < deadline:
+        try:
+            status = post(endpoint[0], {"messages": ASK, "n": 2, "max_tokens": 8}, timeout=60).status_code
+        except httpx.HTTPError:
+            status = None
+        if status == 200:
+            break
+        time.sleep(2)
+    assert status == 200
+    assert gen.info.remote().result()["pid"] != pid
