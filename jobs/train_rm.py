@@ -48,9 +48,18 @@ def _empty(objective: str) -> dict:
     return {"input_ids": [], "step_labels": []}
 
 
+def with_backbone(cfg: PipelineConfig) -> PipelineConfig:
+    """``reward.model.name: sft`` starts the RM from the run's SFT policy, as InstructGPT does."""
+    if cfg.reward.model.name != "sft":
+        return cfg
+    model = dataclasses.replace(cfg.reward.model, name=str(Path(cfg.run_dir) / "sft" / "model"))
+    return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=model))
+
+
 def run(cfg: PipelineConfig) -> Path:
     from rlhf_ray.train import reward, runner
 
+    cfg = with_backbone(cfg)
     r, out = cfg.reward, Path(cfg.run_dir) / "rm"
     if r.data.train:
         train_files = data.expand_paths(r.data.train)
@@ -59,7 +68,8 @@ def run(cfg: PipelineConfig) -> Path:
     else:
         raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
     eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
-    inputs = manifest.fingerprint(train_files + eval_files)
+    backbone = [r.model.name] if Path(r.model.name).is_dir() else []  # a new SFT policy retrains the RM
+    inputs = manifest.fingerprint(train_files + eval_files + backbone)
     chash = config.config_hash({"reward": r})
     if manifest.up_to_date(out, chash, inputs):
         print(f"[rm] {out} is up to date (config {chash}); skipping")

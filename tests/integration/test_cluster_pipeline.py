@@ -1,0 +1,147 @@
+"""The tiny pipeline through `ray job submit` on a two-node Ray cluster started on loopback (its own
+processes, stopped by PID): work lands on both nodes; the job, stopped during scoring and submitted
+again, resumes without redoing generation and writes its report."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf_ray import chat, manifest
+
+pytestmark = pytest.mark.timeout(1200)
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SMALL = ["task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8", "sft.train.epochs=1",
+         "reward.data.eval_rows=4", "reward.train.epochs=1", "generate.n=4", "generate.max_tokens=24",
+         "rs.baseline=false", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ports() -> list[str]:
+    # The session's own cluster already holds Ray's default ports: every node here gets free ones.
+    return [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port")]
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    # --block keeps each node in the foreground: terminating its process group stops that node.
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+                             "--disable-usage-stats", *node_ports(), *args],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    head = start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                  "--num-cpus=1", f"--ray-client-server-port={free_port()}"], env, tmp_path / "head.log")
+    procs = [head]
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        wait_for(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), head, tmp_path / "head.log")
+        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3"], env, tmp_path / "worker.log"))
+        wait_for(lambda: _alive_nodes(address, env) == 2 or _raise(), procs[1], tmp_path / "worker.log")
+        yield address, env
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+
+def _raise():
+    raise OSError("not yet")
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    out = subprocess.run([str(BIN / "ray"), "list", "nodes", f"--address={address}", "--format=json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    return sum(n["state"] == "ALIVE" for n in json.loads(out.stdout or "[]"))
+
+
+def wait_for(check, proc, log: Path, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            check()
+            return
+        except (OSError, ValueError):
+            assert proc.poll() is None, log.read_text()
+            time.sleep(1)
+    pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
+
+
+def ray_job(env, *args, timeout=900):
+    cmd = [str(BIN / "ray"), "job", *args]
+    for _ in range(6):
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        # The job API answers before the head's job agent is up (slower when another cluster runs).
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            return out
+        time.sleep(5)
+    return out
+
+
+def test_pipeline_job_on_two_nodes_resumes_after_a_stop_during_scoring(two_nodes, tmp_path):
+    address, env = two_nodes
+    run = tmp_path / "run"
+    entry = ["--", "python", "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={run}", *SMALL]
+    first = ray_job(env, "submit", f"--address={address}", "--submission-id=tiny-1", "--no-wait", "--working-dir", ".",
+                    *entry)
+    assert first.returncode == 0, first.stderr
+    generated = run / "rs" / "round1" / "generate" / "manifest.json"
+    deadline = time.time() + 900
+    while not generated.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert generated.exists(), ray_job(env, "logs", f"--address={address}", "tiny-1").stdout[-4000:]
+    time.sleep(3)  # scoring starts right after generation; its actor alone takes ~10 s to load
+    stopped = ray_job(env, "stop", f"--address={address}", "tiny-1")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (run / "rs" / "round1" / "score" / "manifest.json").exists(), "scoring finished before the stop"
+    generated_at = manifest.read(generated.parent)["finished_at"]
+
+    second = ray_job(env, "submit", f"--address={address}", "--submission-id=tiny-2", "--working-dir", ".", *entry)
+    assert second.returncode == 0 and "succeeded" in second.stdout, second.stdout[-4000:] + second.stderr[-2000:]
+    assert "[generate] " + str(generated.parent) + " is up to date" in second.stdout
+    assert manifest.read(generated.parent)["finished_at"] == generated_at
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert set(results["policies"]) == {"sft", "rs"} and set(results["best_of_n"]) == {"1", "2", "4"}
+    assert "best-of-4" in (run / "report.html").read_text()
+
+    actors = json.loads(subprocess.run(
+        [str(BIN / "ray"), "list", "actors", f"--address={address}", "--format=json", "--limit=10000", "--detail"],
+        env=env, capture_output=True, text=True, timeout=120).stdout)
+    assert len({a["node_id"] for a in actors}) == 2, "all work ran on one node"
+
+    # The SFT output loads with transformers and answers in the chat format.
+    model_dir = run / "sft" / "model"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = chat.render_prompt([{"role": "user", "content": "What is 21 + 34?"}], tok)
+    gen = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
+                         eos_token_id=chat.end_of_turn_ids(tok), pad_token_id=tok.pad_token_id)
+    text = tok.decode(gen[0, len(prompt):], skip_special_tokens=False)
+    assert text.endswith("<|im_end|>") and any(ch.isdigit() for ch in text), text
