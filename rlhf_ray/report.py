@@ -36,7 +36,8 @@ def loss_curve(metrics: list[dict], title: str, path: Path, extra: str | None = 
     if evals:
         ax.plot(*zip(*evals), "o-", label="held-out loss")
     if extra:
-        acc = [(m["step"], m[extra]) for m in metrics if extra in m]
+        start = [(0, m[f"{extra}_initial"]) for m in metrics[:1] if f"{extra}_initial" in m]
+        acc = start + [(m["step"], m[extra]) for m in metrics if extra in m]
         if acc:
             ax2 = ax.twinx()
             ax2.plot(*zip(*acc), "s--", color="tab:green", label=f"held-out {extra.removeprefix('eval_')}")
@@ -62,6 +63,7 @@ def bon_curve(curve: dict, path: Path) -> str:
     ax.plot(ns, [curve[str(n)]["proxy"] for n in ns], "o-", label="proxy reward of the pick")
     ax.set(xscale="log", xlabel="N (samples per prompt)", ylabel="proxy reward", title="Best-of-N")
     ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
     if curve[str(ns[0])].get("gold") is not None:
         ax2 = ax.twinx()
         ax2.plot(ns, [curve[str(n)]["gold"] for n in ns], "s-", color="tab:orange", label="gold of the pick")
