@@ -34,7 +34,8 @@ def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Pa
     ds = ray.data.read_parquet(candidates)
     rows_in = ds.count()
     scored = score_dataset(ds, model_dir, s.template, s.max_len, s.batch_size, tuple(s.actors), s.rows_per_call,
-                           s.threads, s.scorer, dataclasses.asdict(s.judge), s.cpus_per_actor, s.gpus_per_actor)
+                           s.threads, s.scorer, dataclasses.asdict(s.judge), s.cpus_per_actor, s.gpus_per_actor,
+                           s.dtype)
     target = out / "scored"
     shutil.rmtree(target, ignore_errors=True)
     start = time.perf_counter()

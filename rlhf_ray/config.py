@@ -286,6 +286,7 @@ class ScoreConfig:
     gpus_per_actor: float = 0.0
     rows_per_call: int = 64
     threads: int = 0
+    dtype: str = "float32"                # bfloat16 halves CPU scoring time (selection only needs the order)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 

@@ -99,9 +99,9 @@ class VLLMRewardScorer:
 
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
-                judge: dict | None = None):
+                judge: dict | None = None, dtype: str = "float32"):
     if kind == "rm":
-        return RewardScorer(model_dir, template, max_len, batch_size, threads=threads)
+        return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads)
     if kind == "vllm":
         return VLLMRewardScorer(model_dir, template, max_len)
     if kind == "judge":
@@ -159,7 +159,7 @@ def _spread(total: int, n: int) -> list[int]:
 def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_len: int = 512,
                   batch_size: int = 16, actors: tuple[int, int] = (1, 1), rows_per_call: int = 256,
                   threads: int = 0, scorer: str = "rm", judge: dict | None = None, cpus_per_actor: float = 1,
-                  gpus_per_actor: float = 0):
+                  gpus_per_actor: float = 0, dtype: str = "float32"):
     """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
     and ``completion`` (text or messages)."""
     from ray.data import ActorPoolStrategy
@@ -167,6 +167,6 @@ def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_le
     return ds.map_batches(
         _ScoreActor, batch_size=rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"kind": scorer, "model_dir": str(model_dir), "template": template, "max_len": max_len,
-                               "batch_size": batch_size, "threads": threads, "judge": judge},
+                               "batch_size": batch_size, "threads": threads, "judge": judge, "dtype": dtype},
         compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor)
