@@ -49,9 +49,12 @@ def loss_curve(metrics: list[dict], title: str, path: Path, extra: str | None = 
 
 
 def reward_histogram(all_rewards, kept_rewards, path: Path) -> str:
+    import numpy as np
+
+    bins = np.histogram_bin_edges(list(all_rewards) + list(kept_rewards), bins=30)  # one grid for both
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.hist(all_rewards, bins=30, alpha=0.6, label=f"all completions ({len(all_rewards)})")
-    ax.hist(kept_rewards, bins=30, alpha=0.8, label=f"kept ({len(kept_rewards)})")
+    ax.hist(all_rewards, bins=bins, alpha=0.6, label=f"all completions ({len(all_rewards)})")
+    ax.hist(kept_rewards, bins=bins, alpha=0.8, label=f"kept ({len(kept_rewards)})")
     ax.set(xlabel="reward (proxy)", ylabel="count", title="Rejection sampling: rewards of all vs kept")
     ax.legend()
     return _save(fig, path)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from rlhf_ray import chat, models, selection
@@ -47,7 +47,6 @@ class ChatRequest(BaseModel):
 
 
 app = FastAPI(title="rlhf_ray best-of-N")
-_KEY: dict[str, str | None] = {"api_key": None}  # set by the ingress replica, read by require_key
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -59,20 +58,6 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 async def _http_error(request: Request, exc: HTTPException):
     detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
     return _error(exc.status_code, detail["message"], detail.get("param"))
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError):
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"] if p != "body")
-    return _error(422, f"{field or 'body'}: {first['msg']}", field or None)
-
-
-async def require_key(request: Request) -> None:
-    """Bearer-token auth when the deployment has a key (runs before the body is validated)."""
-    key = _KEY["api_key"]
-    if key and request.headers.get("authorization", "") != f"Bearer {key}":
-        raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer ...)"})
 
 
 def _bad(message: str, param: str) -> HTTPException:
@@ -135,25 +120,43 @@ class BestOfN:
             "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens")})
         self.tok = models.load_tokenizer(models.resolve(self.s.policy))
         chat.add_template_tokens(self.tok, self.s.template)
-        _KEY["api_key"] = os.environ.get(self.s.api_key_env) or None
+        self.api_key = os.environ.get(self.s.api_key_env) or None
         self.per_request_seed: bool | None = None
 
     @app.get("/health")
     async def health(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
-    async def list_models(self) -> dict:
+    @app.get("/v1/models")
+    async def list_models(self, request: Request) -> dict:
+        self._auth(request)
         return {"object": "list", "data": [{"id": self.s.model_name, "object": "model", "created": 0,
                                             "owned_by": "rlhf_ray"}]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
-    async def chat_completions(self, body: ChatRequest) -> dict:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, raw: Request) -> dict:
+        self._auth(raw)  # before the body is read: no key, no validation messages
+        body = await self._parse(raw)
         request = await self._engine_request(body)
         candidates = await self.gen.generate.remote(request)
         messages = [m.model_dump() for m in body.messages]
         rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) if body.best_of_n else None
         return self._response(body, request, candidates, rewards)
+
+    def _auth(self, request: Request) -> None:
+        if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+            raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer ...)"})
+
+    @staticmethod
+    async def _parse(raw: Request) -> ChatRequest:
+        try:
+            return ChatRequest.model_validate(await raw.json())
+        except json.JSONDecodeError:
+            raise HTTPException(422, {"message": "body: not valid JSON"}) from None
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "body"
+            raise HTTPException(422, {"message": f"{field}: {first['msg']}", "param": field}) from None
 
     async def _engine_request(self, body: ChatRequest) -> dict:
         s = self.s
@@ -175,6 +178,8 @@ class BestOfN:
         if len(ids) > s.max_prompt_tokens:
             raise _bad(f"the prompt has {len(ids)} tokens; the limit is max_prompt_tokens={s.max_prompt_tokens}",
                        "messages")
+        if body.temperature == 0:
+            k = 1  # greedy: every candidate would be the same text
         return {"prompt_token_ids": ids, "n": k, "temperature": body.temperature, "top_p": body.top_p,
                 "max_tokens": max_tokens, "seed": body.seed}
 

@@ -1,6 +1,7 @@
 """The best-of-N Serve app on the shared cluster (real vLLM on CPU, a real reward model), queried with
 the official openai client and raw HTTP: the pick, auth, limits, malformed bodies, overload, a crash."""
 import concurrent.futures as cf
+import math
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     port = free_port()
     cfg = config.load(PipelineConfig, None, [
         f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}", f"serve.port={port}",
-        "serve.max_candidates=8", "serve.max_tokens=64", "serve.max_prompt_tokens=200", "serve.max_model_len=512",
+        "serve.max_candidates=8", "serve.max_tokens=64", "serve.max_prompt_tokens=400", "serve.max_model_len=512",
         "serve.max_ongoing_requests=1", "serve.max_queued_requests=1", "serve.scorer.num_cpus=0.5"])
     os.environ[cfg.serve.api_key_env] = KEY
     try:
@@ -82,7 +83,7 @@ def test_openai_client_gets_the_best_candidate_and_every_score(endpoint, tiny_vl
     ({"messages": ASK, "n": 9}, KEY, 400, "max_candidates=8"),
     ({"messages": ASK, "best_of": 20}, KEY, 400, "best_of=20 exceeds max_candidates=8"),
     ({"messages": ASK, "max_tokens": 65}, KEY, 400, "max_tokens=64"),
-    ({"messages": [{"role": "user", "content": "word " * 300}]}, KEY, 400, "max_prompt_tokens=200"),
+    ({"messages": [{"role": "user", "content": "word " * 500}]}, KEY, 400, "max_prompt_tokens=400"),
     ({"messages": ASK, "stream": True}, KEY, 400, "stream"),
     ({"messages": ASK, "seed": 1}, KEY, 400, "seed"),
 ])
@@ -90,6 +91,17 @@ def test_bad_requests_get_a_status_and_a_message_that_names_the_problem(endpoint
     r = post(endpoint[0], body, key)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
+
+
+def test_llm_judge_scores_through_an_openai_compatible_endpoint(endpoint, monkeypatch):
+    from rlhf_ray.judge import JudgeScorer, OpenAIBackend
+
+    url, cfg = endpoint
+    monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
+    judge = JudgeScorer(OpenAIBackend(f"{url}/v1", cfg.serve.model_name, "JUDGE_TEST_KEY", max_tokens=16))
+    ratings = judge.score([ASK, ASK], [[{"role": "assistant", "content": "42"}], [{"role": "assistant", "content": "41"}]])
+    # The random-weight model rarely writes "[[n]]": a missing rating is NaN, never a made-up number.
+    assert len(ratings) == 2 and all(math.isnan(r) or 1 <= r <= 10 for r in ratings)
 
 
 def test_health_needs_no_key(endpoint):
