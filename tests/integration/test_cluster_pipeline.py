@@ -20,7 +20,7 @@ from rlhf_ray import chat, manifest
 pytestmark = pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8", "sft.train.epochs=1",
+SMALL = ["reward.model.name=default-rm", "reward.train.lr=3e-4", "task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8", "sft.train.epochs=1",
          "reward.data.eval_rows=4", "reward.train.epochs=1", "generate.n=4", "generate.max_tokens=24",
          "rs.baseline=false", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2"]
 
@@ -134,7 +134,7 @@ def test_pipeline_job_on_two_nodes_resumes_after_a_stop_during_scoring(two_nodes
     actors = json.loads(subprocess.run(
         [str(BIN / "ray"), "list", "actors", f"--address={address}", "--format=json", "--limit=10000", "--detail"],
         env=env, capture_output=True, text=True, timeout=120).stdout)
-    assert len({a["node_id"] for a in actors}) == 2, "all work ran on one node"
+    assert len({a["node_id"] for a in actors if a["node_id"]}) == 2, "all work ran on one node"
 
     # The SFT output loads with transformers and answers in the chat format.
     model_dir = run / "sft" / "model"
