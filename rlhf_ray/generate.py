@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from rlhf_ray import chat, models
@@ -39,9 +40,13 @@ def prompt_id(file: str, line: int) -> str:
 def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_tokens: int) -> dict:
     """Prompt row → ``prompt_token_ids``; a prompt that leaves no room for the completion is tagged bad."""
     tok = _tokenizer(model, template)
-    ids = chat.render_prompt(list(row["prompt"]), tok, template)
-    bad = len(ids) > max_prompt_tokens
-    reason = f"{len(ids)} prompt tokens; the model's context leaves room for {max_prompt_tokens}" if bad else None
+    try:
+        ids = chat.render_prompt(list(row["prompt"]), tok, template)
+        reason = f"{len(ids)} prompt tokens; the model's context leaves room for {max_prompt_tokens}" \
+            if len(ids) > max_prompt_tokens else None
+    except (ValueError, jinja2.TemplateError) as e:  # the chat template rejects the conversation
+        ids, reason = [], f"chat template: {e}"
+    bad = reason is not None
     return {**row, "prompt_id": prompt_id(row["_file"], row["_line"]), "prompt_token_ids": ids,
             "file": row["_file"], "line": row["_line"], "field": "prompt" if bad else None, "reason": reason}
 
