@@ -1,0 +1,26 @@
+"""Prompt rows before generation: tokens in generation-prompt mode, and the prompts that cannot be sent."""
+from rlhf_ray import chat, generate, models
+
+ROW = {"prompt": [{"role": "user", "content": "What is 2 + 2?"}], "_file": "/data/prompts.jsonl", "_line": 7,
+       "answer": "4"}
+
+
+def test_prompt_tokens_are_the_generation_prompt(policy_dir):
+    out = generate.tokenize_prompt(ROW, str(policy_dir), None, 100)
+    tok = models.load_tokenizer(str(policy_dir))
+    assert out["prompt_token_ids"] == chat.render_prompt(ROW["prompt"], tok)
+    assert out["prompt_id"] == "prompts.jsonl:7" and out["answer"] == "4" and out["reason"] is None
+
+
+def test_a_prompt_without_room_for_the_completion_is_tagged(policy_dir):
+    out = generate.tokenize_prompt(ROW, str(policy_dir), None, 10)
+    assert out["field"] == "prompt" and out["reason"].endswith("leaves room for 10")
+    assert (out["file"], out["line"]) == ("/data/prompts.jsonl", 7)
+
+
+def test_a_prompt_the_template_rejects_is_tagged_with_its_message(policy_dir, tmp_path):
+    template = tmp_path / "strict.jinja"
+    template.write_text("{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message comes first') }}"
+                        "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    out = generate.tokenize_prompt(ROW, str(policy_dir), str(template), 100)
+    assert out["field"] == "prompt" and "a system message comes first" in out["reason"]
