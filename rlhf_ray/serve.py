@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import os
 import time
@@ -144,7 +145,8 @@ class BestOfN:
         return self._response(body, request, candidates, rewards)
 
     def _auth(self, request: Request) -> None:
-        if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+        given = request.headers.get("authorization", "").encode()
+        if self.api_key and not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time
             raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer ...)"})
 
     @staticmethod
