@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import generate as generate_job  # noqa: E402
 from jobs import score as score_job  # noqa: E402
-from rlhf_ray import data, job, selection, tasks  # noqa: E402
+from rlhf_ray import data, evaluation, job, selection, tasks  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def sample(cfg: PipelineConfig, policy: str, n: int, out: Path):
     e = cfg.eval
     gen_cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, n=n, adapter=e.adapter, limit=e.limit))
     candidates = generate_job.stage(gen_cfg, policy, eval_prompts(cfg), out / "generate")
-    rm = cfg.score.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
+    rm = score_job.rm_dir(cfg)
     df = pd.read_parquet(score_job.stage(cfg, str(candidates), rm, out / "score"))
     ids, proxy = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward, n)
     if "answer" not in df:
@@ -53,13 +53,15 @@ def summary(proxy: np.ndarray, gold: np.ndarray | None) -> dict:
 
 
 def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray | None, ns) -> dict:
-    """For each N: mean proxy and gold of the RM's pick among each prompt's first N samples."""
+    """For each N: mean proxy of the RM's pick among each prompt's first N samples and, with a gold
+    reward, the pick's gold and the oracle (``evaluation.best_of_n_protocol``, as eval_rm reports it)."""
+    protocol = evaluation.best_of_n_protocol(proxy, gold, ns) if gold is not None else {}
     out = {}
     for n in ns:
         picks = [selection.best_of_n(row[:n]) for row in proxy]
+        g = protocol.get(n, {})
         out[str(n)] = {"proxy": float(np.mean([row[p] for row, p in zip(proxy, picks)])),
-                       "gold": float(np.mean([g[p] for g, p in zip(gold, picks)])) if gold is not None else None,
-                       "gold_oracle": float(np.nanmax(gold[:, :n], axis=1).mean()) if gold is not None else None}
+                       "gold": g.get("rm_pick"), "gold_oracle": g.get("oracle"), "gold_random": g.get("random")}
     return out
 
 

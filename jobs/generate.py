@@ -62,25 +62,27 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     candidates.write_parquet(str(target))
     seconds = time.perf_counter() - start
 
-    counts = check_accounting(target, m, g.n, ("prompt_id", "sample_idx"))
-    tokens = counts.pop("num_completion_tokens")
-    counts.update(prompts=m, quarantined=bad + too_long, completion_tokens=tokens,
-                  seconds=round(seconds, 2), completion_tokens_per_s=round(tokens / seconds, 1))
+    written = check_accounting(target, m * g.n)
+    tokens = int(written.sum("num_completion_tokens") or 0)
+    counts = {"candidates": m * g.n, "prompts": m, "quarantined": bad + too_long, "completion_tokens": tokens,
+              "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
     manifest.write(out, "generate", config.to_dict(cfg), chash, inputs, counts, model_dir=model_dir)
     print(f"[generate] wrote {target}: {counts}")
     return target
 
 
-def check_accounting(path: Path, m: int, n: int, key: tuple[str, ...]) -> dict:
-    """Exactly m×n rows, each key once; raises when a row was lost or duplicated."""
+def check_accounting(path: Path, expected: int):
+    """The written candidates as a dataset, after checking that there are ``expected`` rows and each
+    (prompt_id, sample_idx) once; raises when a row was lost or repeated."""
     import ray.data
 
     ds = ray.data.read_parquet(str(path))
     rows = ds.count()
-    unique = ds.groupby(list(key)).count().count() if rows else 0
-    if rows != m * n or unique != rows:
-        raise RuntimeError(f"{path}: {rows} rows ({unique} distinct {key}) for {m} prompts × {n}: rows lost or repeated")
-    return {"candidates": rows, "num_completion_tokens": int(ds.sum("num_completion_tokens") or 0)}
+    unique = ds.groupby(["prompt_id", "sample_idx"]).count().count() if rows else 0
+    if rows != expected or unique != rows:
+        raise RuntimeError(f"{path}: {rows} rows ({unique} distinct (prompt_id, sample_idx)), expected {expected}: "
+                           "rows lost or repeated")
+    return ds
 
 
 def run(cfg: PipelineConfig) -> Path:

@@ -110,7 +110,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> dict[str, str]:
     final policies {"rs": ..., "random": ...} (the latter with rs.baseline)."""
     root = Path(cfg.run_dir)
     policy = policy or cfg.generate.model_dir or str(root / "sft" / "model")
-    rm = cfg.score.model_dir or str(root / "rm" / "model")
+    rm = score_job.rm_dir(cfg)
     prompts = generate_job.prompt_files(cfg)
     random_policy = None
     for r in range(1, cfg.rs.rounds + 1):

@@ -17,6 +17,15 @@ from pathlib import Path
 from rlhf_ray import cluster, config, job, manifest, models
 from rlhf_ray.config import PipelineConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.generate import check_accounting  # noqa: E402
+
+
+def rm_dir(cfg: PipelineConfig) -> str:
+    """The reward model that scores: score.model_dir, else the run's own."""
+    return cfg.score.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
+
 
 def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Path:
     """candidates → out/scored with the same rows and a reward column."""
@@ -42,10 +51,8 @@ def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Pa
     scored.write_parquet(str(target))
     seconds = time.perf_counter() - start
 
-    done = ray.data.read_parquet(str(target))
-    rows, unique = done.count(), done.groupby(["prompt_id", "sample_idx"]).count().count()
-    if rows != rows_in or unique != rows:
-        raise RuntimeError(f"{target}: {rows} rows ({unique} distinct) scored from {rows_in} candidates")
+    done = check_accounting(target, rows_in)
+    rows = rows_in
     real, pad = int(done.sum("score_tokens") or 0), int(done.sum("score_padding") or 0)
     counts = {"candidates": rows, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
               "padding_fraction": round(pad / max(real + pad, 1), 4)}
@@ -57,8 +64,7 @@ def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Pa
 def run(cfg: PipelineConfig) -> Path:
     s = cfg.score
     candidates = s.candidates or str(Path(cfg.run_dir) / "generate" / "candidates")
-    model_dir = s.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
-    return stage(cfg, candidates, model_dir, Path(cfg.run_dir) / "score")
+    return stage(cfg, candidates, rm_dir(cfg), Path(cfg.run_dir) / "score")
 
 
 if __name__ == "__main__":
