@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, evaluation, manifest
+from rlhf_ray import cluster, config, job, data, evaluation, manifest, storage
 from rlhf_ray.config import PipelineConfig
 
 
@@ -62,7 +62,7 @@ def score(items: list[dict], model_dir: str, e) -> dict[str, float]:
 
 def run(cfg: PipelineConfig) -> dict:
     e, out = cfg.eval_rm, Path(cfg.run_dir) / "eval_rm"
-    model_dir = e.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
+    model_dir = storage.shared(e.model_dir or Path(cfg.run_dir) / "rm" / "model")  # scorer actors on any node
     cluster.connect()
     report: dict = {"model_dir": model_dir}
     if e.pairs:

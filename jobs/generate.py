@@ -11,12 +11,11 @@ same config, model and prompts is skipped.
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, job, manifest, models, tasks
+from rlhf_ray import cluster, config, data, job, manifest, models, storage, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -33,14 +32,15 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     from rlhf_ray import generate
 
     g = cfg.generate
-    inputs = manifest.fingerprint([*prompts, models.resolve(model_dir)])
+    model_dir = storage.shared(model_dir)  # vLLM actors on any node load it
+    inputs = manifest.fingerprint([*prompts, models.locate(model_dir)])
     chash = config.config_hash({"generate": g, "template": cfg.policy.template})
     if manifest.up_to_date(out, chash, inputs):
         print(f"[generate] {out} is up to date (config {chash}); skipping")
         return out / "candidates"
     out.mkdir(parents=True, exist_ok=True)
     quarantine = out / "quarantine.jsonl"
-    quarantine.unlink(missing_ok=True)
+    storage.remove(quarantine)
 
     cluster.connect()
     rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)
@@ -57,9 +57,9 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
         good, model_dir, cfg.policy.template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
         g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb)
     target = out / "candidates"
-    shutil.rmtree(target, ignore_errors=True)
+    storage.remove(target)
     start = time.perf_counter()
-    candidates.write_parquet(str(target))
+    candidates.write_parquet(storage.shared(target))  # written by the actors' nodes, into storage if remote
     seconds = time.perf_counter() - start
 
     written = check_accounting(target, m * g.n)
@@ -76,12 +76,13 @@ def check_accounting(path: Path, expected: int):
     (prompt_id, sample_idx) once; raises when a row was lost or repeated."""
     import ray.data
 
-    ds = ray.data.read_parquet(str(path))
+    ds = ray.data.read_parquet(storage.shared(path))
     rows = ds.count()
     unique = ds.groupby(["prompt_id", "sample_idx"]).count().count() if rows else 0
     if rows != expected or unique != rows:
         raise RuntimeError(f"{path}: {rows} rows ({unique} distinct (prompt_id, sample_idx)), expected {expected}: "
                            "rows lost or repeated")
+    storage.pull(path)  # the driver's own copy, for the stages that read it with pandas
     return ds
 
 

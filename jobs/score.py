@@ -9,12 +9,11 @@ fraction. A finished stage with the same config, candidates and model is skipped
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, manifest, models
+from rlhf_ray import cluster, config, job, manifest, models, storage
 from rlhf_ray.config import PipelineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +33,8 @@ def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Pa
     from rlhf_ray.score import score_dataset
 
     s = cfg.score
-    inputs = manifest.fingerprint([candidates] + ([models.resolve(model_dir)] if s.scorer != "judge" else []))
+    candidates, model_dir = storage.shared(candidates), storage.shared(model_dir)  # read on any node
+    inputs = manifest.fingerprint([candidates] + ([models.locate(model_dir)] if s.scorer != "judge" else []))
     chash = config.config_hash({"score": s})
     if manifest.up_to_date(out, chash, inputs):
         print(f"[score] {out} is up to date (config {chash}); skipping")
@@ -46,9 +46,9 @@ def stage(cfg: PipelineConfig, candidates: str, model_dir: str, out: Path) -> Pa
                            s.threads, s.scorer, dataclasses.asdict(s.judge), s.cpus_per_actor, s.gpus_per_actor,
                            s.dtype)
     target = out / "scored"
-    shutil.rmtree(target, ignore_errors=True)
+    storage.remove(target)
     start = time.perf_counter()
-    scored.write_parquet(str(target))
+    scored.write_parquet(storage.shared(target))
     seconds = time.perf_counter() - start
 
     done = check_accounting(target, rows_in)

@@ -9,10 +9,11 @@ is skipped; an interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, manifest, tasks
+from rlhf_ray import cluster, config, job, data, manifest, storage, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -29,6 +30,8 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
 def run(cfg: PipelineConfig) -> Path:
     from rlhf_ray.train import runner, sft
 
+    # The starting policy by a name every node can read (a mirrored run folder's model by its URI).
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=storage.shared(cfg.policy.name)))
     out = Path(cfg.run_dir) / "sft"
     train_files, eval_files = sft_inputs(cfg)
     inputs = manifest.fingerprint(train_files + eval_files)
@@ -38,9 +41,8 @@ def run(cfg: PipelineConfig) -> Path:
         print(f"[sft] {out} is up to date (config {chash}); skipping")
         return out / "model"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
     quarantine = out / "quarantine.jsonl"
-    quarantine.unlink(missing_ok=True)
+    storage.remove(quarantine)
 
     cluster.connect()
     d = cfg.sft.data

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, manifest, tasks
+from rlhf_ray import cluster, config, job, data, manifest, storage, tasks
 from rlhf_ray.config import PipelineConfig
 
 
@@ -49,10 +49,11 @@ def _empty(objective: str) -> dict:
 
 
 def with_backbone(cfg: PipelineConfig) -> PipelineConfig:
-    """``reward.model.name: sft`` starts the RM from the run's SFT policy, as InstructGPT does."""
-    if cfg.reward.model.name != "sft":
-        return cfg
-    model = dataclasses.replace(cfg.reward.model, name=str(Path(cfg.run_dir) / "sft" / "model"))
+    """``reward.model.name: sft`` starts the RM from the run's SFT policy, as InstructGPT does. The
+    backbone is named so that every node can read it (a mirrored run folder's model by its URI)."""
+    name = cfg.reward.model.name
+    name = storage.shared(Path(cfg.run_dir) / "sft" / "model" if name == "sft" else name)
+    model = dataclasses.replace(cfg.reward.model, name=name)
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=model))
 
 
@@ -68,16 +69,16 @@ def run(cfg: PipelineConfig) -> Path:
     else:
         raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
     eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
-    backbone = [r.model.name] if Path(r.model.name).is_dir() else []  # a new SFT policy retrains the RM
+    is_folder = storage.is_remote(r.model.name) or Path(r.model.name).is_dir()
+    backbone = [r.model.name] if is_folder else []  # a new SFT policy retrains the RM
     inputs = manifest.fingerprint(train_files + eval_files + backbone)
     chash = config.config_hash({"reward": r})
     if manifest.up_to_date(out, chash, inputs):
         print(f"[rm] {out} is up to date (config {chash}); skipping")
         return out / "model"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "quarantine.jsonl"):
-        (out / stale).unlink(missing_ok=True)
     quarantine = out / "quarantine.jsonl"
+    storage.remove(quarantine)
 
     cluster.connect()
     kind = reward.ROW_KIND[r.objective]

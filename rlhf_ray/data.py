@@ -255,10 +255,13 @@ def get_adapter(name: str | None) -> Adapter | None:
 
 
 def parse_file(path: str | Path, kind: str, adapter: str | None = None) -> Iterator[Record]:
-    """Every row a file yields, validated against ``kind`` (after the adapter, if any)."""
+    """Every row a file yields, validated against ``kind`` (after the adapter, if any). A storage URI
+    is read through this node's cache and named by its URI."""
+    from rlhf_ray import storage
+
     adapt = get_adapter(adapter)
     file = str(path)
-    for line, raw, problem in iter_raw(path):
+    for line, raw, problem in iter_raw(storage.local(file)):
         if problem is not None:
             yield Record(file, line, None, "<line>", problem, raw)
             continue
@@ -295,10 +298,18 @@ def write_quarantine(records: Iterable[Record], path: str | Path, append: bool =
 
 
 def expand_paths(spec: str | Iterable[str]) -> list[str]:
-    """A path, a glob, or a list of them → sorted existing files; a missing input is an error."""
+    """A path, a glob, or a list of them → sorted existing files; a missing input is an error. Storage
+    URIs are taken as they are (no globs)."""
+    from rlhf_ray import storage
+
     specs = [spec] if isinstance(spec, str) else list(spec)
     out = []
     for s in specs:
+        if storage.is_remote(s):
+            if not storage.exists(s):
+                raise FileNotFoundError(f"input not found: {s}")
+            out.append(s)
+            continue
         p = Path(s)
         matches = sorted(str(m) for m in p.parent.glob(p.name)) if any(c in s for c in "*?[") else [s]
         if not matches or not all(Path(m).exists() for m in matches):
@@ -326,7 +337,9 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
     """
     import ray.data
 
-    files = expand_paths(paths)
+    from rlhf_ray import storage
+
+    files = [storage.shared(f) for f in expand_paths(paths)]  # parsed on any node
     tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
         _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter}
     ).materialize()

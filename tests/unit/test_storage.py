@@ -1,0 +1,128 @@
+"""Run folders in object storage, against a local S3 endpoint (moto): mirrors, push/pull, node caches,
+data and metrics read and written through URIs."""
+import json
+import shutil
+
+import pyarrow.fs as pafs
+import pytest
+
+from rlhf_ray import data, manifest, storage
+from rlhf_ray.schema import BadRecord
+from rlhf_ray.train.runner import MetricsLog
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def remote_files(uri: str) -> dict[str, bytes]:
+    fs, base = pafs.FileSystem.from_uri(uri)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path[len(base) + 1:]] = f.read()
+    return out
+
+
+def test_a_mirror_pushes_what_changed_and_a_fresh_mirror_gets_it_back(s3_bucket, cache):
+    run = f"{s3_bucket}/run"
+    root = storage.mirror(run)
+    (root / "sft" / "model").mkdir(parents=True)
+    (root / "sft" / "model" / "w.bin").write_bytes(b"\0" * 1000)
+    (root / "sft" / "manifest.json").write_text('{"a": 1}')
+    (root / "sft" / "ray_train").mkdir()
+    (root / "sft" / "ray_train" / "ckpt.pt").write_bytes(b"c")
+    assert storage.push(root / "sft") == 3
+    assert storage.push(root / "sft") == 0  # nothing changed since
+    (root / "sft" / "manifest.json").write_text('{"a": 2}')  # same size, new content
+    assert storage.push(root) == 1
+    assert remote_files(run) == {"sft/model/w.bin": b"\0" * 1000, "sft/manifest.json": b'{"a": 2}',
+                                 "sft/ray_train/ckpt.pt": b"c"}
+    assert storage.uri(root / "sft" / "model") == f"{run}/sft/model"
+
+    shutil.rmtree(root)  # another node: an empty mirror
+    root = storage.mirror(run)
+    assert (root / "sft" / "manifest.json").read_text() == '{"a": 2}'
+    assert not (root / "sft" / "ray_train").exists(), "Ray Train's checkpoints stay in storage"
+    assert storage.pull(root) == 0
+
+    storage.remove(root / "sft" / "manifest.json")
+    assert set(remote_files(run)) == {"sft/model/w.bin", "sft/ray_train/ckpt.pt"}
+
+
+def test_pull_brings_files_written_elsewhere(s3_bucket, cache):
+    root = storage.mirror(f"{s3_bucket}/run")
+    storage.write_text(f"{s3_bucket}/run/sft/metrics.jsonl", '{"step": 1}\n')  # e.g. by a worker on another node
+    assert storage.pull(root / "sft") == 1
+    assert (root / "sft" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_local_downloads_once_and_again_when_storage_changes(s3_bucket, cache):
+    model = f"{s3_bucket}/models/m"
+    storage.write_text(f"{model}/config.json", "{}")
+    first = storage.local(model)
+    assert json.loads(open(f"{first}/config.json").read()) == {}
+    stamp = (cache / "fetched").rglob(".listing.json").__next__().stat().st_mtime_ns
+    assert storage.local(model) == first
+    assert next((cache / "fetched").rglob(".listing.json")).stat().st_mtime_ns == stamp  # not fetched again
+    storage.write_text(f"{model}/extra.txt", "x")
+    assert open(f"{storage.local(model)}/extra.txt").read() == "x"
+    with pytest.raises(FileNotFoundError, match="not found in storage: s3://.*/nothing"):
+        storage.local(f"{s3_bucket}/nothing")
+
+
+def test_a_uri_in_this_nodes_mirror_is_read_from_the_mirror(s3_bucket, cache):
+    root = storage.mirror(f"{s3_bucket}/run")
+    (root / "sft" / "model").mkdir(parents=True)
+    (root / "sft" / "model" / "w.bin").write_bytes(b"1")
+    name = storage.shared(root / "sft" / "model")
+    assert name == f"{s3_bucket}/run/sft/model"
+    assert storage.local(name) == str(root / "sft" / "model")
+    storage.write_text(f"{name}/w.bin", "22")  # storage moved on: the mirror is stale, so download
+    assert storage.local(name) != str(root / "sft" / "model")
+
+
+def test_plain_local_paths_pass_through(tmp_path, cache):
+    assert storage.shared(tmp_path) == str(tmp_path) and storage.uri(tmp_path) is None
+    assert storage.local(str(tmp_path)) == str(tmp_path)
+    assert storage.push(tmp_path) == 0 and storage.pull(tmp_path) == 0
+
+
+def test_bad_rows_in_storage_are_named_by_their_uri(s3_bucket, cache):
+    path = f"{s3_bucket}/data/sft.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    storage.write_text(path, good + "\n{not json\n")
+    assert data.expand_paths([path]) == [path]
+    with pytest.raises(BadRecord) as e:
+        list(data.read_records([path], "sft"))
+    assert (e.value.file, e.value.line) == (path, 2)
+    with pytest.raises(FileNotFoundError, match="input not found: s3://.*/missing.jsonl"):
+        data.expand_paths([f"{s3_bucket}/data/missing.jsonl"])
+
+
+def test_fingerprints_of_mirror_paths_match_across_mirrors(s3_bucket, cache):
+    root = storage.mirror(f"{s3_bucket}/run")
+    (root / "data").mkdir()
+    (root / "data" / "p.jsonl").write_text("{}\n")
+    storage.push(root)
+    first = manifest.fingerprint([root / "data" / "p.jsonl"])
+    assert list(first) == [f"{s3_bucket}/run/data/p.jsonl"]
+    shutil.rmtree(root)
+    again = storage.mirror(f"{s3_bucket}/run")
+    assert manifest.fingerprint([again / "data" / "p.jsonl"]) == first
+    assert manifest.fingerprint([f"{s3_bucket}/run/data/p.jsonl"]) == first
+
+
+def test_metrics_log_in_storage_keeps_steps_up_to_a_resume(s3_bucket):
+    path = f"{s3_bucket}/run/sft/metrics.jsonl"
+    log = MetricsLog(path, 0)
+    for step in (1, 2, 3):
+        log.write({"step": step})
+    resumed = MetricsLog(path, 2)  # restarted from the step-2 checkpoint: step 3 runs again
+    resumed.write({"step": 3, "again": True})
+    lines = [json.loads(x) for x in storage.read_text(path).splitlines()]
+    assert lines == [{"step": 1}, {"step": 2}, {"step": 3, "again": True}]
+    assert MetricsLog(path, 0).lines == []  # a fresh run starts a fresh log
