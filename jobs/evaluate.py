@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import generate as generate_job  # noqa: E402
 from jobs import score as score_job  # noqa: E402
-from rlhf_ray import data, evaluation, job, selection, tasks  # noqa: E402
+from rlhf_ray import data, evaluation, job, selection, storage, tasks  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def run(cfg: PipelineConfig, policies: dict[str, str] | None = None) -> dict:
     for name, policy in policies.items():
         n = max(cfg.eval.bon_n) if name == "sft" else cfg.eval.policy_samples
         proxy, gold = sample(cfg, policy, n, root / "eval" / name)
-        results["policies"][name] = {"model": policy, **summary(proxy, gold)}
+        results["policies"][name] = {"model": storage.uri(policy) or policy, **summary(proxy, gold)}
         if name == "sft":
             results["best_of_n"] = best_of_n_curve(proxy, gold, cfg.eval.bon_n)
     (root / "eval").mkdir(parents=True, exist_ok=True)

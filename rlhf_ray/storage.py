@@ -48,6 +48,11 @@ def _key(text: str) -> str:
 
 def mirror(uri: str) -> Path:
     """The node-local mirror of the run folder ``uri``, refreshed from storage."""
+    fs, base = _fs(uri)
+    try:
+        fs.get_file_info(base)
+    except OSError as e:  # no such bucket, no credentials, no route: the user's to fix
+        raise ValueError(f"run_dir {uri}: storage not reachable: {e}") from None
     root = _cache_root() / "runs" / _key(uri.rstrip("/"))
     root.mkdir(parents=True, exist_ok=True)
     (root / MARK).write_text(uri.rstrip("/"))
@@ -258,7 +263,7 @@ def local(path) -> str:
         raise FileNotFoundError(f"not found in storage: {u}")
     target = _cache_root() / "fetched" / _key(u) / Path(base).name
     stamp = target.parent / ".listing.json"
-    signature = json.dumps(sorted(listing.items()))
+    signature = json.dumps({"uri": u, "files": sorted(listing.items())})
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several actors on one node may ask at once: one downloads, the others wait and reuse it.
     with open(target.parent / ".lock", "w") as lock:

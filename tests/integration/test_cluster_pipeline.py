@@ -1,8 +1,11 @@
 """The tiny pipeline through `ray job submit` on a two-node Ray cluster started on loopback (its own
-processes, stopped by PID): work lands on both nodes; the job, stopped during scoring and submitted
-again, resumes without redoing generation and writes its report."""
+processes, stopped by PID), with its run folder in object storage (a local S3 endpoint) and a cache
+folder per node: work lands on both nodes, the worker node reads models from storage; the job, stopped
+during scoring and submitted again with the head's mirror wiped, resumes from storage without redoing
+generation and writes its report there."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import chat, manifest
+from rlhf_ray import chat, models, storage
 
 pytestmark = pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +32,13 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def node_cache(path: Path) -> Path:
+    # Each node has its own cache, with the embedded policy already converted (as a node image would).
+    path.mkdir()
+    (path / "smollm2-135m-instruct").symlink_to(models.default_policy_dir())
+    return path
 
 
 def node_ports() -> list[str]:
@@ -54,17 +64,20 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
+def two_nodes(tmp_path, s3_server):
     port, dash = free_port(), free_port()
+    # The S3 endpoint's AWS_* variables come from the environment (tests/conftest.py).
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    head_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "head_cache"))}
+    worker_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "worker_cache"))}
     head = start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                  "--num-cpus=1", f"--ray-client-server-port={free_port()}"], env, tmp_path / "head.log")
+                  "--num-cpus=1", f"--ray-client-server-port={free_port()}"], head_env, tmp_path / "head.log")
     procs = [head]
     try:
         address = f"http://127.0.0.1:{dash}"
         wait_for(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), head, tmp_path / "head.log")
-        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3"], env, tmp_path / "worker.log"))
+        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3"], worker_env, tmp_path / "worker.log"))
         wait_for(lambda: _alive_nodes(address, env) == 2 or _raise(), procs[1], tmp_path / "worker.log")
         yield address, env
     finally:
@@ -105,31 +118,37 @@ def ray_job(env, *args, timeout=900):
     return out
 
 
-def test_pipeline_job_on_two_nodes_resumes_after_a_stop_during_scoring(two_nodes, tmp_path):
+def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scoring(two_nodes, tmp_path,
+                                                                                     s3_bucket):
     address, env = two_nodes
-    run = tmp_path / "run"
+    run = f"{s3_bucket}/run"
     entry = ["--", "python", "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={run}", *SMALL]
     first = ray_job(env, "submit", f"--address={address}", "--submission-id=tiny-1", "--no-wait", "--working-dir", ".",
                     *entry)
     assert first.returncode == 0, first.stderr
-    generated = run / "rs" / "round1" / "generate" / "manifest.json"
+    generated = f"{run}/rs/round1/generate/manifest.json"
     deadline = time.time() + 900
-    while not generated.exists() and time.time() < deadline:
+    while not storage.exists(generated) and time.time() < deadline:
         time.sleep(0.5)
-    assert generated.exists(), ray_job(env, "logs", f"--address={address}", "tiny-1").stdout[-4000:]
+    assert storage.exists(generated), ray_job(env, "logs", f"--address={address}", "tiny-1").stdout[-4000:]
     time.sleep(3)  # scoring starts right after generation; its actor alone takes ~10 s to load
     stopped = ray_job(env, "stop", f"--address={address}", "tiny-1")
     assert stopped.returncode == 0, stopped.stderr
-    assert not (run / "rs" / "round1" / "score" / "manifest.json").exists(), "scoring finished before the stop"
-    generated_at = manifest.read(generated.parent)["finished_at"]
+    assert not storage.exists(f"{run}/rs/round1/score/manifest.json"), "scoring finished before the stop"
+    generated_at = json.loads(storage.read_text(generated))["finished_at"]
+    shutil.rmtree(tmp_path / "head_cache" / "runs")  # the next driver starts from storage alone
 
     second = ray_job(env, "submit", f"--address={address}", "--submission-id=tiny-2", "--working-dir", ".", *entry)
     assert second.returncode == 0 and "succeeded" in second.stdout, second.stdout[-4000:] + second.stderr[-2000:]
-    assert "[generate] " + str(generated.parent) + " is up to date" in second.stdout
-    assert manifest.read(generated.parent)["finished_at"] == generated_at
-    results = json.loads((run / "eval" / "results.json").read_text())
+    assert "/rs/round1/generate is up to date" in second.stdout
+    assert json.loads(storage.read_text(generated))["finished_at"] == generated_at
+    results = json.loads(storage.read_text(f"{run}/eval/results.json"))
     assert set(results["policies"]) == {"sft", "rs"} and set(results["best_of_n"]) == {"1", "2", "4"}
-    assert "best-of-4" in (run / "report.html").read_text()
+    assert "best-of-4" in storage.read_text(f"{run}/report.html")
+    # Actors and Train workers on the worker node read the run's models from storage, into its own cache.
+    fetched = {json.loads((d / ".listing.json").read_text())["uri"]
+               for d in (tmp_path / "worker_cache" / "fetched").iterdir()}
+    assert fetched & {f"{run}/sft/model", f"{run}/rm/model"}, fetched
 
     actors = json.loads(subprocess.run(
         [str(BIN / "ray"), "list", "actors", f"--address={address}", "--format=json", "--limit=10000", "--detail"],
@@ -137,7 +156,7 @@ def test_pipeline_job_on_two_nodes_resumes_after_a_stop_during_scoring(two_nodes
     assert len({a["node_id"] for a in actors if a["node_id"]}) == 2, "all work ran on one node"
 
     # The SFT output loads with transformers and answers in the chat format.
-    model_dir = run / "sft" / "model"
+    model_dir = storage.local(f"{run}/sft/model")
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     prompt = chat.render_prompt([{"role": "user", "content": "What is 21 + 34?"}], tok)

@@ -126,3 +126,8 @@ def test_metrics_log_in_storage_keeps_steps_up_to_a_resume(s3_bucket):
     lines = [json.loads(x) for x in storage.read_text(path).splitlines()]
     assert lines == [{"step": 1}, {"step": 2}, {"step": 3, "again": True}]
     assert MetricsLog(path, 0).lines == []  # a fresh run starts a fresh log
+
+
+def test_an_unreachable_run_folder_is_a_clear_error(s3_server, cache):
+    with pytest.raises(ValueError, match="run_dir s3://no-such-bucket/run: storage not reachable"):
+        storage.mirror("s3://no-such-bucket/run")
