@@ -48,9 +48,11 @@ def _key(text: str) -> str:
 
 def mirror(uri: str) -> Path:
     """The node-local mirror of the run folder ``uri``, refreshed from storage."""
+    import pyarrow.fs as pafs
+
     fs, base = _fs(uri)
     try:
-        fs.get_file_info(base)
+        fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
     except OSError as e:  # no such bucket, no credentials, no route: the user's to fix
         raise ValueError(f"run_dir {uri}: storage not reachable: {e}") from None
     root = _cache_root() / "runs" / _key(uri.rstrip("/"))
