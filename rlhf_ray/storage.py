@@ -51,10 +51,13 @@ def mirror(uri: str) -> Path:
     import pyarrow.fs as pafs
 
     fs, base = _fs(uri)
+    bucket = base.split("/")[0]
     try:
-        fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
-    except OSError as e:  # no such bucket, no credentials, no route: the user's to fix
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError as e:  # no credentials, no route: the user's to fix
         raise ValueError(f"run_dir {uri}: storage not reachable: {e}") from None
+    if not found:
+        raise ValueError(f"run_dir {uri}: storage not reachable: bucket {bucket!r} not found")
     root = _cache_root() / "runs" / _key(uri.rstrip("/"))
     root.mkdir(parents=True, exist_ok=True)
     (root / MARK).write_text(uri.rstrip("/"))
