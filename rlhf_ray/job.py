@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 from typing import Callable
 
 from rlhf_ray import config, storage
@@ -24,6 +25,8 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
         run(cfg)
         storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
     except (config.ConfigError, BadRecord, FileNotFoundError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            traceback.print_exc()  # a system call failed on no named file: only the traceback says where
         # Bad input is the user's to fix: one clear line, not a traceback from inside a library.
         print(f"{name}: {e}", file=sys.stderr)
         return 1

@@ -58,7 +58,7 @@ def mirror(uri: str) -> Path:
         raise ValueError(f"run_dir {uri}: storage not reachable: {e}") from None
     if not found:
         raise ValueError(f"run_dir {uri}: storage not reachable: bucket {bucket!r} not found")
-    root = _cache_root() / "runs" / _key(uri.rstrip("/"))
+    root = (_cache_root() / "runs" / _key(uri.rstrip("/"))).absolute()
     root.mkdir(parents=True, exist_ok=True)
     (root / MARK).write_text(uri.rstrip("/"))
     pull(root)
@@ -76,8 +76,10 @@ def uri(path) -> str | None:
     """The storage URI of a path inside a mirror (or of a URI itself); None for plain local paths."""
     if is_remote(path):
         return str(path)
-    p = Path(path).absolute()
-    root = _mirror_root(p)
+    p = Path(path)
+    # Mirrors are absolute paths; a relative name (a hub id, ``default``) is never in one. Not asking
+    # for the cwd also matters: Ray may delete a job's working_dir while the job runs.
+    root = _mirror_root(p) if p.is_absolute() else None
     if root is None:
         return None
     rel = p.relative_to(root).as_posix()
@@ -143,13 +145,13 @@ def _plan(path: Path, direction: str):
     with src/dst as (filesystem, path); None outside mirrors."""
     import pyarrow.fs as pafs
 
-    root = _mirror_root(path.absolute())
+    root = _mirror_root(path) if path.is_absolute() else None
     if root is None:
         return None
     fs, base = _fs(uri(path))
     here = pafs.LocalFileSystem()
     ledger = _Ledger(root)
-    prefix = path.absolute().relative_to(root).as_posix()
+    prefix = path.relative_to(root).as_posix()
     key = lambda rel: rel if prefix == "." else _join(prefix, rel)  # noqa: E731  a file's path in the run
     loc = lambda rel: str(path / rel) if rel else str(path)  # noqa: E731
     if direction == "push":

@@ -128,7 +128,13 @@ def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scor
     assert first.returncode == 0, first.stderr
     generated = f"{run}/rs/round1/generate/manifest.json"
     deadline = time.time() + 900
+    checked = time.time()
     while not storage.exists(generated) and time.time() < deadline:
+        if time.time() - checked > 15:  # a job that failed early fails the test now, with its log
+            status = ray_job(env, "status", f"--address={address}", "tiny-1").stdout
+            assert "RUNNING" in status or "PENDING" in status, ray_job(env, "logs", f"--address={address}",
+                                                                       "tiny-1").stdout[-4000:]
+            checked = time.time()
         time.sleep(0.5)
     assert storage.exists(generated), ray_job(env, "logs", f"--address={address}", "tiny-1").stdout[-4000:]
     time.sleep(3)  # scoring starts right after generation; its actor alone takes ~10 s to load
