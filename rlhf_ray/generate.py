@@ -106,13 +106,16 @@ class VLLMGenerator:
 
     def generate(self, token_ids: list[list[int]]):
         engine = self.llm.llm_engine
-        with self._lock:  # the engine may rename a request: keep the ids it returns
-            keys = [engine.add_request(str(next(self._ids)), {"prompt_token_ids": list(map(int, ids))}, self.params)
-                    for ids in token_ids]
+        with self._lock:
+            keys = [str(next(self._ids)) for _ in token_ids]
+            for key, ids in zip(keys, token_ids):  # outputs come back under these (external) ids
+                engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, self.params)
         while True:
             with self._lock:
                 if all(k in self._finished for k in keys):
                     return [self._finished.pop(k) for k in keys]
+                if not engine.has_unfinished_requests():  # never spin on requests the engine dropped
+                    raise RuntimeError(f"vLLM has no output for requests {[k for k in keys if k not in self._finished]}")
                 for out in engine.step():
                     if out.finished:
                         self._finished[out.request_id] = out

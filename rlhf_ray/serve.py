@@ -15,7 +15,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
@@ -23,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from rlhf_ray import chat, models, selection
+from rlhf_ray import chat, models, selection, storage
 from rlhf_ray.config import PipelineConfig, ServeConfig
 
 
@@ -209,11 +208,12 @@ class BestOfN:
 
 
 def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:
-    """The policy and reward model to serve: configured, else the run folder's latest."""
-    s, root = cfg.serve, Path(cfg.run_dir)
-    rs = root / "rs" / f"round{cfg.rs.rounds}" / "top" / "sft" / "model"
-    policy = s.policy or str(rs if rs.exists() else root / "sft" / "model")
-    return policy, s.reward_model or str(root / "rm" / "model")
+    """The policy and reward model to serve: configured, else the run folder's latest (local or in
+    storage), named so that replicas on any node can load them."""
+    s, root = cfg.serve, cfg.run_dir.rstrip("/")
+    rs = f"{root}/rs/round{cfg.rs.rounds}/top/sft/model"
+    policy = s.policy or (rs if storage.exists(rs) else f"{root}/sft/model")
+    return storage.shared(policy), storage.shared(s.reward_model or f"{root}/rm/model")
 
 
 def _options(d) -> dict:

@@ -50,6 +50,21 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def shard_model(model: torch.nn.Module, device) -> torch.nn.Module:
+    """FSDP2: each transformer block (the model's ``_no_split_modules``, as accelerate wraps them) and then
+    the root are sharded over the workers, so parameters, gradients and optimizer state are split and a
+    block's full weights exist only while it runs. Gradients are averaged over workers, as with DDP."""
+    from torch.distributed.fsdp import fully_shard
+
+    model.to(device)
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
 def all_reduce_sum(value: float | torch.Tensor, device) -> float:
     t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
     if world()[1] > 1:
@@ -84,7 +99,8 @@ def train_step(model, optimizer, scheduler, micro_batches: Sequence[dict], loss_
             loss = loss_sum / max(units, 1.0) * world_size
         loss.backward()
         total += float(loss_sum.detach())
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     optimizer.step()
     lr = scheduler.get_last_lr()[0]
     scheduler.step()

@@ -84,8 +84,12 @@ def train_worker(config: dict) -> None:
     tokenizer = rec.tokenizer(cfg)
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else _NoDir()) as ckpt_dir:
-        model = ray.train.torch.prepare_model(rec.load_model(cfg, tokenizer, ckpt_dir),
-                                              parallel_strategy=stage.scaling.strategy)
+        model = rec.load_model(cfg, tokenizer, ckpt_dir)
+        if stage.scaling.strategy == "fsdp" and stage.scaling.num_workers > 1:
+            # Ray's prepare_model wraps FSDP1 as one unit and only on GPU; FSDP2 per block also runs on CPU.
+            model = loop.shard_model(model, device)
+        else:
+            model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
         optimizer = loop.build_optimizer(model, t.lr, t.weight_decay)
         scheduler = loop.build_scheduler(optimizer, p.total_steps, t.warmup_ratio, t.schedule)
         step = _load_state(ckpt_dir, model, optimizer, scheduler) if ckpt_dir else 0
@@ -132,12 +136,13 @@ class _NoDir:
 
 class MetricsLog:
     """Rank 0's metrics.jsonl, local or in storage (rewritten whole: object stores cannot append). A
-    resumed worker keeps the lines up to its checkpoint's step, so repeated steps are logged once."""
+    fresh run starts it empty; a worker resumed from a checkpoint appends, so the log keeps the steps a
+    failure lost and shows them again after the restart."""
 
     def __init__(self, path: str, step: int):
         self.path = path
-        old = (storage.read_text(path) or "").splitlines()
-        self.lines = [line for line in old if line.strip() and json.loads(line).get("step", 0) <= step]
+        old = (storage.read_text(path) or "").splitlines() if step else []
+        self.lines = [line for line in old if line.strip()]
 
     def write(self, metrics: dict) -> None:
         self.lines.append(json.dumps(metrics))

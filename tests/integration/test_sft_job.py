@@ -107,9 +107,10 @@ def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err
 
 
-def test_two_ddp_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_dir, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_dir, tmp_path, strategy):
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.scaling.num_workers=2", "sft.train.micro_batch_size=2",
-                   "sft.train.global_batch_size=8", "sft.train.epochs=1")
+                   "sft.train.global_batch_size=8", "sft.train.epochs=1", f"sft.scaling.strategy={strategy}")
     sft_job.run(cfg)
     # 48 rows over 2 workers, 8 sequences a step (2 per micro-batch × 2 accumulation × 2 workers).
     assert manifest.read(tmp_path / "sft")["counts"]["steps"] == 6
@@ -117,3 +118,8 @@ def test_two_ddp_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_polic
     assert [p["step"] for p in progress] == [6, 6] and progress[0]["pid"] != progress[1]["pid"]
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
     assert [m["step"] for m in metrics] == list(range(1, 7)) and metrics[-1]["loss"] < metrics[0]["loss"]
+    # The checkpoint holds the full weights (FSDP gathers its shards), and they moved.
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "model")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    assert all(a.shape == b.shape for a, b in zip(trained.parameters(), initial.parameters()))
+    assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)

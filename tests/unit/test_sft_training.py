@@ -131,3 +131,37 @@ def test_scheduler_warmup_then_linear_and_cosine_decay():
             sched.step()
         assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] == pytest.approx(0.1 if schedule == "linear" else 0.0245, abs=1e-3)
         assert lrs[6] == pytest.approx(mid)
+
+
+def _fsdp_worker(rank, world, port, tok_dir, examples, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    model = loop.shard_model(tiny(tok), "cpu")
+    sharded = sum(type(m).__name__.startswith("FSDP") for m in model.modules())
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = loop.build_scheduler(opt, 10, 0.0, "constant")
+    mine = examples[:1] if rank == 0 else examples[1:]
+    res = loop.train_step(model, opt, sched, [micro_batch(mine, True, tok.pad_token_id)], sft_loss, 1e9, "cpu")
+    # Every rank takes part in gathering the full weights, as the runner's checkpoint does.
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save({"params": torch.cat([full[n].flatten() for n, _ in model.named_parameters()]),
+                    "sharded_modules": sharded, "grad_norm": res.grad_norm}, out)
+    dist.destroy_process_group()
+
+
+def test_fsdp_equals_one_big_batch(smol_tokenizer, examples, policy_dir, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "fsdp.pt"
+    mp.spawn(_fsdp_worker, args=(2, port, str(policy_dir), examples, str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    assert got["sharded_modules"] == 3  # two decoder layers and the root
+    big = params_after_one_step(smol_tokenizer, [examples], packing=True)
+    assert torch.allclose(got["params"], big, atol=1e-6)
+    assert got["grad_norm"] > 0

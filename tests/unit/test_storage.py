@@ -116,7 +116,7 @@ def test_fingerprints_of_mirror_paths_match_across_mirrors(s3_bucket, cache):
     assert manifest.fingerprint([f"{s3_bucket}/run/data/p.jsonl"]) == first
 
 
-def test_metrics_log_in_storage_keeps_steps_up_to_a_resume(s3_bucket):
+def test_metrics_log_in_storage_appends_after_a_resume(s3_bucket):
     path = f"{s3_bucket}/run/sft/metrics.jsonl"
     log = MetricsLog(path, 0)
     for step in (1, 2, 3):
@@ -124,10 +124,28 @@ def test_metrics_log_in_storage_keeps_steps_up_to_a_resume(s3_bucket):
     resumed = MetricsLog(path, 2)  # restarted from the step-2 checkpoint: step 3 runs again
     resumed.write({"step": 3, "again": True})
     lines = [json.loads(x) for x in storage.read_text(path).splitlines()]
-    assert lines == [{"step": 1}, {"step": 2}, {"step": 3, "again": True}]
+    assert lines == [{"step": 1}, {"step": 2}, {"step": 3}, {"step": 3, "again": True}]
     assert MetricsLog(path, 0).lines == []  # a fresh run starts a fresh log
 
 
 def test_an_unreachable_run_folder_is_a_clear_error(s3_server, cache):
     with pytest.raises(ValueError, match="run_dir s3://no-such-bucket/run: storage not reachable"):
         storage.mirror("s3://no-such-bucket/run")
+
+
+def test_serve_picks_the_latest_policy_of_a_local_or_stored_run(tmp_path, s3_bucket, cache):
+    from rlhf_ray import config
+    from rlhf_ray.config import PipelineConfig
+    from rlhf_ray.serve import resolve_models
+
+    local = config.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
+    assert resolve_models(local) == (f"{tmp_path}/sft/model", f"{tmp_path}/rm/model")
+    rs = tmp_path / "rs" / "round1" / "top" / "sft" / "model"
+    rs.mkdir(parents=True)
+    assert resolve_models(local)[0] == str(rs)
+
+    run = f"{s3_bucket}/run"
+    stored = config.load(PipelineConfig, None, [f"run_dir={run}"])
+    assert resolve_models(stored) == (f"{run}/sft/model", f"{run}/rm/model")
+    storage.write_text(f"{run}/rs/round1/top/sft/model/config.json", "{}")
+    assert resolve_models(stored)[0] == f"{run}/rs/round1/top/sft/model"
