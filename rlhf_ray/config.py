@@ -183,7 +183,7 @@ class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2, each transformer block sharded over the workers
     max_failures: int = 0
 
 
