@@ -120,7 +120,8 @@ def train_worker(config: dict) -> None:
             last = step == p.total_steps
             if eval_shard is not None and ((t.eval_every and step % t.eval_every == 0) or last):
                 metrics.update(evaluate())
-            save = last or bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+            # The final checkpoint never resumes training: it keeps no optimizer state (2x the model for AdamW).
+            save = "final" if last else "full" if t.checkpoint_every and step % t.checkpoint_every == 0 else None
             _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save, log)
             if last:
                 break
@@ -158,7 +159,7 @@ def _write_progress(out_dir: str, rank: int, step: int) -> None:
     (d / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
 
 
-def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: bool, log) -> None:
+def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: str | None, log) -> None:
     import ray.train
 
     if rank == 0:
@@ -176,15 +177,15 @@ def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir
     # Every rank takes part in gathering full state dicts (FSDP shards them); rank 0 writes.
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=opts)
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts) if save == "full" else None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
             base = model.module if hasattr(model, "module") else model
             base.save_pretrained(tmp, state_dict=model_sd, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": metrics["step"]},
-                       Path(tmp) / STATE_FILE)
+            state = {"scheduler": scheduler.state_dict(), "step": metrics["step"]}
+            torch.save(state if optim_sd is None else {**state, "optimizer": optim_sd}, Path(tmp) / STATE_FILE)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -193,7 +194,8 @@ def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    if "optimizer" in state:  # absent only in a final checkpoint, after which no step is left
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])
 

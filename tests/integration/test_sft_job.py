@@ -71,14 +71,16 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_clus
     assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
     # The restarted worker went back to the last checkpoint (step 10 or 15) and repeated only what was lost.
     assert len(steps) > 40 and steps.count(killed["step"]) == 2
-    state = torch.load(tmp_path / "sft" / "ray_train" / "sft" / _latest(tmp_path) / "trainer_state.pt",
-                       weights_only=False)
-    assert state["step"] == 40 and manifest.read(tmp_path / "sft")["counts"]["steps"] == 40
+    kept = [torch.load(tmp_path / "sft" / "ray_train" / "sft" / c / "trainer_state.pt", weights_only=False)
+            for c in _checkpoints(tmp_path)]
+    assert [s["step"] for s in kept] == [35, 40] and manifest.read(tmp_path / "sft")["counts"]["steps"] == 40
+    # Step 35's checkpoint can resume training; the final one carries no optimizer state.
+    assert "optimizer" in kept[0] and "optimizer" not in kept[1]
 
 
-def _latest(tmp_path):
-    ckpts = sorted(p for p in (tmp_path / "sft" / "ray_train" / "sft").iterdir() if p.is_dir() and p.name.startswith("checkpoint"))
-    return ckpts[-1].name
+def _checkpoints(tmp_path):
+    return sorted(p.name for p in (tmp_path / "sft" / "ray_train" / "sft").iterdir()
+                  if p.is_dir() and p.name.startswith("checkpoint"))
 
 
 def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_path):
