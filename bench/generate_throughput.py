@@ -1,9 +1,10 @@
 """Generation throughput on the same prompts, in one run: completion tokens/s of the Ray Data pipeline
 (``generate_dataset``: one vLLM actor) vs the bare vLLM engine vs transformers ``generate`` with
-``num_return_sequences=N``. Both vLLM sides include their engine start and use all cores; transformers
+``num_return_sequences=N``. Both vLLM sides start a process of their own (import, engine load) inside
+the timed span and use all cores; transformers
 runs on one thread (on two, on a busy 2-core machine, it collapses: ../shared/notes). Also records the driver's peak RSS.
 
-    .venv/bin/python bench/generate_throughput.py [--prompts 64] [--n 8] [--max-tokens 64] [--hf-prompts 8]
+    .venv/bin/python bench/generate_throughput.py [--prompts 256] [--n 8] [--max-tokens 64] [--hf-prompts 8]
 """
 from __future__ import annotations
 
@@ -48,17 +49,37 @@ def ray_pipeline(rows, sampling, args) -> dict:
 
 
 def bare_engine(rows, sampling) -> dict:
-    """All prompts in one ``LLM.generate`` call: the engine's best case."""
+    """All prompts in one ``LLM.generate`` call (the engine's best case), in a fresh process timed from its
+    start: the pipeline's actor too starts a process, imports vLLM and loads the engine."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"token_ids": [r["prompt_token_ids"] for r in rows], "sampling": vars(sampling)}, f)
+        f.flush()
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, "--bare-worker", f.name], capture_output=True, text=True,
+                             check=True)
+        secs = time.perf_counter() - start
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"seconds": secs, **res, "tokens_per_s": res["completion_tokens"] / secs}
+
+
+def bare_worker(path: str) -> None:
+    t0 = time.perf_counter()
     from vllm import SamplingParams
 
-    start = time.perf_counter()
-    llm = generate.load_llm("default", sampling.seed, max_model_len=1024)
-    params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                            max_tokens=sampling.max_tokens)
-    outs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in rows], params, use_tqdm=False)
-    secs = time.perf_counter() - start
+    job = json.loads(Path(path).read_text())
+    s = generate.Sampling(**job["sampling"])
+    t1 = time.perf_counter()
+    llm = generate.load_llm("default", s.seed, max_model_len=1024)
+    params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+    t2 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in job["token_ids"]], params, use_tqdm=False)
+    t3 = time.perf_counter()
     tokens = sum(len(o.token_ids) for out in outs for o in out.outputs)
-    return {"seconds": secs, "completion_tokens": tokens, "tokens_per_s": tokens / secs}
+    print(json.dumps({"completion_tokens": tokens, "import_s": t1 - t0, "engine_load_s": t2 - t1,
+                      "generate_s": t3 - t2}))
 
 
 def transformers_generate(rows, sampling, threads: int) -> dict:
@@ -85,7 +106,7 @@ def transformers_generate(rows, sampling, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--hf-prompts", type=int, default=8)
@@ -93,7 +114,10 @@ def main() -> None:
     p.add_argument("--calls-per-actor", type=int, default=4)
     p.add_argument("--cpus-per-actor", type=int, default=os.cpu_count())
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate_throughput.json"))
+    p.add_argument("--bare-worker", help=argparse.SUPPRESS)  # internal: the bare engine's own process
     args = p.parse_args()
+    if args.bare_worker:
+        return bare_worker(args.bare_worker)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rows = prompt_rows(args.prompts)
     sampling = generate.Sampling(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)

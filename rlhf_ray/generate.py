@@ -85,9 +85,10 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
 class VLLMGenerator:
     """One vLLM engine; ``__call__`` turns a batch of tokenized prompts into N candidate rows each.
 
-    Several calls run at once (Ray Data threads) and feed one engine, so that a new call's prompts
-    join the running batch instead of waiting for the previous call's longest completion — what
-    vLLM's AsyncLLM does, which needs a separate engine process (a 20 s start on CPU, ../shared/notes).
+    Several calls run at once (Ray Data threads) and feed one engine, stepped by one thread of its own,
+    so that a new call's prompts join the running batch instead of waiting for the previous call's
+    longest completion — what vLLM's AsyncLLM does, which needs a separate engine process (a 20 s
+    start on CPU, ../shared/notes).
     """
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
@@ -100,25 +101,53 @@ class VLLMGenerator:
         self.llm = load_llm(model, s.seed, dtype, max_model_len, tensor_parallel, kv_cache_gb)
         self.params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                                      output_kind=RequestOutputKind.FINAL_ONLY)  # no partial outputs per step
-        self._lock = threading.Lock()  # whichever call holds it steps the engine for all of them
+        self._engine_lock = threading.Lock()  # the engine is not thread-safe: adds never overlap a step
+        self._done = threading.Condition()  # guards the fields below; notified after every step
         self._ids = itertools.count()
+        self._pending: set[str] = set()
         self._finished: dict[str, object] = {}
+        self._error: Exception | None = None
+        threading.Thread(target=self._drive, daemon=True, name="vllm-engine").start()
+
+    def _drive(self) -> None:
+        engine = self.llm.llm_engine
+        while True:
+            with self._done:
+                self._done.wait_for(lambda: self._pending)
+            # Lock order everywhere: engine, then results; a call's requests and its pending keys
+            # appear together, so "idle with keys pending" can only mean dropped requests.
+            with self._engine_lock:
+                try:
+                    outs = [o for o in engine.step() if o.finished]
+                    idle = not engine.has_unfinished_requests()
+                except Exception as e:  # every waiting call fails with the engine's error
+                    outs, idle, self._error = [], True, e
+                with self._done:
+                    self._record(outs, idle)
+
+    def _record(self, outs: list, idle: bool) -> None:
+        for out in outs:
+            self._pending.discard(out.request_id)
+            self._finished[out.request_id] = out
+        if idle and self._pending and self._error is None:  # never wait on requests the engine dropped
+            self._error = RuntimeError(f"vLLM has no output for requests {sorted(self._pending)}")
+        if self._error is not None:
+            self._pending.clear()
+        self._done.notify_all()
 
     def generate(self, token_ids: list[list[int]]):
-        engine = self.llm.llm_engine
-        with self._lock:
-            keys = [str(next(self._ids)) for _ in token_ids]
+        keys = [str(next(self._ids)) for _ in token_ids]
+        with self._engine_lock:
             for key, ids in zip(keys, token_ids):  # outputs come back under these (external) ids
-                engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, self.params)
-        while True:
-            with self._lock:
-                if all(k in self._finished for k in keys):
-                    return [self._finished.pop(k) for k in keys]
-                if not engine.has_unfinished_requests():  # never spin on requests the engine dropped
-                    raise RuntimeError(f"vLLM has no output for requests {[k for k in keys if k not in self._finished]}")
-                for out in engine.step():
-                    if out.finished:
-                        self._finished[out.request_id] = out
+                self.llm.llm_engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, self.params)
+            with self._done:
+                self._pending.update(keys)
+                self._done.notify_all()
+        with self._done:
+            self._done.wait_for(lambda: self._error is not None or all(k in self._finished for k in keys))
+            if self._error is not None:
+                raise RuntimeError("vLLM engine failed") from self._error
+            return [self._finished.pop(k) for k in keys]
 
     def __call__(self, batch: dict) -> dict:
         outputs = self.generate(batch["prompt_token_ids"])
