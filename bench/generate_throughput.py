@@ -1,8 +1,8 @@
 """Generation throughput on the same prompts, in one run: completion tokens/s of the Ray Data pipeline
 (``generate_dataset``: one vLLM actor) vs the bare vLLM engine vs transformers ``generate`` with
 ``num_return_sequences=N``. Both vLLM sides start a process of their own (import, engine load) inside
-the timed span and use all cores; transformers
-runs on one thread (on two, on a busy 2-core machine, it collapses: ../shared/notes). Also records the driver's peak RSS.
+the timed span and use all cores; transformers runs on one thread (on two, on a busy 2-core machine, it
+collapses: ../shared/notes). Also records the driver's peak RSS.
 
     .venv/bin/python bench/generate_throughput.py [--prompts 256] [--n 8] [--max-tokens 64] [--hf-prompts 8]
 """

@@ -118,20 +118,20 @@ class VLLMGenerator:
             # appear together, so "idle with keys pending" can only mean dropped requests.
             with self._engine_lock:
                 try:
-                    outs = [o for o in engine.step() if o.finished]
+                    outs, error = [o for o in engine.step() if o.finished], None
                     idle = not engine.has_unfinished_requests()
                 except Exception as e:  # every waiting call fails with the engine's error
-                    outs, idle, self._error = [], True, e
+                    outs, idle, error = [], True, e
                 with self._done:
-                    self._record(outs, idle)
+                    self._record(outs, idle, error)
 
-    def _record(self, outs: list, idle: bool) -> None:
+    def _record(self, outs: list, idle: bool, error: Exception | None) -> None:
         for out in outs:
             self._pending.discard(out.request_id)
             self._finished[out.request_id] = out
-        if idle and self._pending and self._error is None:  # never wait on requests the engine dropped
-            self._error = RuntimeError(f"vLLM has no output for requests {sorted(self._pending)}")
-        if self._error is not None:
+        if idle and self._pending:  # calls still wait on an idle engine: it failed or dropped requests
+            self._error = self._error or error or RuntimeError(
+                f"vLLM has no output for requests {sorted(self._pending)}")
             self._pending.clear()
         self._done.notify_all()
 
