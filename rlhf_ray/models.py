@@ -85,7 +85,11 @@ def resolve(name: str) -> str:
     """A model name as something ``from_pretrained`` takes; a storage URI is read through this node's cache."""
     from rlhf_ray import storage
 
-    return storage.local(locate(name))
+    path = storage.local(locate(name))
+    # A missing folder would otherwise reach the hub client as an invalid repo id.
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"model {name}: no such folder {path}")
+    return path
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
