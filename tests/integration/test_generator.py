@@ -1,5 +1,9 @@
 """VLLMGenerator (real vLLM on CPU, a tiny random model) outside Ray: concurrent calls share one engine
-and each gets its own outputs back; failures reach the waiting calls instead of hanging them."""
+and each gets its own outputs back; failures reach the waiting calls instead of hanging them.
+
+Each check runs in a fresh process: vLLM's CPU platform walks every loaded module when it builds an
+engine and trips over flask's context proxies, which the S3 test server (moto) leaves in this one."""
+import multiprocessing
 import threading
 
 import pytest
@@ -9,18 +13,20 @@ from rlhf_ray.generate import VLLMGenerator
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_vllm_policy_dir):
-    return VLLMGenerator(str(tiny_vllm_policy_dir), {"n": 2, "max_tokens": 64, "temperature": 1.0}, 512)
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a spawned interpreter; its return value, or its exception raised here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
-def test_concurrent_calls_each_get_their_own_prompts_back(generator):
+def concurrent_calls(model_dir: str) -> None:
+    g = VLLMGenerator(model_dir, {"n": 2, "max_tokens": 64, "temperature": 1.0}, 512)
     prompts = {t: [[100 + t, 200 + i, 300] for i in range(3 + t)] for t in range(4)}
     got, errors = {}, []
 
     def call(t):
         try:
-            got[t] = generator.generate(prompts[t])
+            got[t] = g.generate(prompts[t])
         except Exception as e:  # surfaced by the assertion below
             errors.append(e)
 
@@ -30,24 +36,34 @@ def test_concurrent_calls_each_get_their_own_prompts_back(generator):
     for th in threads:
         th.join(120)
     assert not errors
+    assert sorted(got) == sorted(prompts)
     for t, outs in got.items():
         assert [list(o.prompt_token_ids) for o in outs] == prompts[t]
         assert all(len(o.outputs) == 2 for o in outs)
-    assert not generator._pending and not generator._finished  # nothing left behind
+    assert not g._pending and not g._finished  # nothing left behind
 
 
-def test_a_request_the_engine_drops_fails_its_call_instead_of_hanging(tiny_vllm_policy_dir, monkeypatch):
-    g = VLLMGenerator(str(tiny_vllm_policy_dir), {"n": 2, "max_tokens": 8}, 512)
+def dropped_requests(model_dir: str) -> str:
+    g = VLLMGenerator(model_dir, {"n": 2, "max_tokens": 8}, 512)
     engine = g.llm.llm_engine
 
     def dropping_step():  # the engine forgets every request and produces nothing
         engine.abort_request(list(g._pending))
         return []
 
-    monkeypatch.setattr(engine, "step", dropping_step)
+    engine.step = dropping_step
     with pytest.raises(RuntimeError, match="vLLM engine failed") as failed:
         g.generate([[1, 2, 3, 4]] * 4)
-    assert "no output for requests ['0', '1', '2', '3']" in str(failed.value.__cause__)
+    return str(failed.value.__cause__)
+
+
+def test_concurrent_calls_each_get_their_own_prompts_back(tiny_vllm_policy_dir):
+    in_fresh_process(concurrent_calls, str(tiny_vllm_policy_dir))
+
+
+def test_a_request_the_engine_drops_fails_its_call_instead_of_hanging(tiny_vllm_policy_dir):
+    cause = in_fresh_process(dropped_requests, str(tiny_vllm_policy_dir))
+    assert "no output for requests ['0', '1', '2', '3']" in cause
 
 
 def test_an_engine_that_cannot_load_fails_the_constructor(tmp_path):
