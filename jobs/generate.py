@@ -46,8 +46,10 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)
     if g.limit:
         rows = rows.limit(g.limit)
+    sources = data.source_names(storage.shared(f) for f in prompts)  # the rows' file names, as read
     tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": cfg.policy.template,
-                                                           "max_prompt_tokens": g.max_model_len - g.max_tokens})
+                                                           "max_prompt_tokens": g.max_model_len - g.max_tokens,
+                                                           "sources": sources})
     good, too_long = data.split_bad_rows(tagged, g.on_bad_rows, quarantine)
     m = good.count()
     # One block per actor call, so that the pool streams and a lost actor costs one call's retry.

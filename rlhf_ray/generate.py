@@ -35,12 +35,14 @@ class Sampling:
     seed: int = 0
 
 
-def prompt_id(file: str, line: int) -> str:
-    """A stable id that also says where the prompt came from."""
-    return f"{Path(file).name}:{line}"
+def prompt_id(file: str, line: int, sources: dict[str, str] | None = None) -> str:
+    """A stable id that also says where the prompt came from: the file's name (or, from
+    ``data.source_names``, as much of its path as tells it apart from the other inputs) and line."""
+    return f"{(sources or {}).get(file) or Path(file).name}:{line}"
 
 
-def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_tokens: int) -> dict:
+def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_tokens: int,
+                    sources: dict[str, str] | None = None) -> dict:
     """Prompt row → ``prompt_token_ids``; a prompt that leaves no room for the completion is tagged bad."""
     tok = _tokenizer(model, template)
     try:
@@ -50,7 +52,7 @@ def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_toke
     except (ValueError, jinja2.TemplateError) as e:  # the chat template rejects the conversation
         ids, reason = [], f"chat template: {e}"
     bad = reason is not None
-    return {**row, "prompt_id": prompt_id(row["_file"], row["_line"]), "prompt_token_ids": ids,
+    return {**row, "prompt_id": prompt_id(row["_file"], row["_line"], sources), "prompt_token_ids": ids,
             "file": row["_file"], "line": row["_line"], "field": "prompt" if bad else None, "reason": reason}
 
 

@@ -40,13 +40,21 @@ def read(path) -> pd.DataFrame:
 def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     long_prompt = json.dumps({"prompt": [{"role": "user", "content": "word " * 400}], "answer": "0"})
     prompts = write_prompts(tmp_path / "prompts.jsonl", 12, [long_prompt, json.dumps({"answer": "1"})])
-    cfg = pipeline_cfg(tmp_path, prompts, tiny_vllm_policy_dir, tiny_vllm_rm_dir, "generate.n=3", "generate.max_tokens=16",
+    # Two files of one name (as shards in train/ and extra/ would be): their prompts must not share ids.
+    lines = prompts.read_text().splitlines(keepends=True)
+    for folder, part in (("train", lines[:6]), ("extra", lines[6:])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "prompts.jsonl").write_text("".join(part))
+    files = f"{tmp_path}/train/prompts.jsonl,{tmp_path}/extra/prompts.jsonl"
+    cfg = pipeline_cfg(tmp_path, files, tiny_vllm_policy_dir, tiny_vllm_rm_dir, "generate.n=3", "generate.max_tokens=16",
                        "generate.max_model_len=256", "generate.rows_per_call=4", "score.rows_per_call=8")
     candidates = generate_job.run(cfg)
 
     df = read(candidates)
     assert len(df) == 12 * 3 and not df.duplicated(["prompt_id", "sample_idx"]).any()
     assert sorted(df.groupby("prompt_id").sample_idx.apply(list).map(tuple).unique()) == [(0, 1, 2)]
+    assert sorted(set(df.prompt_id))[:2] == ["extra/prompts.jsonl:1", "extra/prompts.jsonl:2"]
+    assert "train/prompts.jsonl:6" in set(df.prompt_id) and df.prompt_id.nunique() == 12
     tok = models.load_tokenizer(str(tiny_vllm_policy_dir))
     for _, row in df.iloc[::3].iterrows():
         ids = chat.render_prompt(list(row.prompt), tok)
@@ -56,8 +64,9 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     gold = {json.loads(l)["prompt"][0]["content"]: json.loads(l)["answer"] for l in prompts.read_text().splitlines()[:12]}
     assert all(gold[p[0]["content"]] == a for p, a in zip(df.prompt, df.answer))
     quarantined = [json.loads(l) for l in (tmp_path / "generate" / "quarantine.jsonl").read_text().splitlines()]
-    assert sorted((q["line"], q["field"]) for q in quarantined) == [(13, "prompt"), (14, "prompt")]
-    assert "tokens" in next(q["reason"] for q in quarantined if q["line"] == 13)
+    assert sorted((Path(q["file"]).parent.name, q["line"], q["field"]) for q in quarantined) == [
+        ("extra", 7, "prompt"), ("extra", 8, "prompt")]
+    assert "tokens" in next(q["reason"] for q in quarantined if q["line"] == 7)
     counts = manifest.read(tmp_path / "generate")["counts"]
     assert counts["prompts"] == 12 and counts["candidates"] == 36 and counts["quarantined"] == 2
 

@@ -163,3 +163,19 @@ def test_gsm8k_prm_adapter_on_real_data(shared_data):
     assert {-1, 0, 1} <= set(labels)
     first = rows[0]  # 6b_finetuning on Janet's ducks: wrong final answer, calculations fine
     assert first["labels"][-1] == -1 and first["completions"][-1] == "A: 26"
+
+
+def test_a_glob_and_a_path_naming_one_file_twice_is_an_error(tmp_path):
+    path = write_lines(tmp_path / "a.jsonl", [GOOD_SFT])
+    write_lines(tmp_path / "b.jsonl", [GOOD_SFT])
+    assert data.expand_paths([str(tmp_path / "*.jsonl")]) == [path, str(tmp_path / "b.jsonl")]
+    with pytest.raises(ValueError, match=f"input listed more than once: {path}$"):
+        data.expand_paths([str(tmp_path / "*.jsonl"), path])
+
+
+def test_source_names_are_the_file_names_unless_two_files_share_one():
+    names = data.source_names(["/d/train/p.jsonl", "/d/extra/p.jsonl", "/d/extra/q.jsonl",
+                               "s3://b/x/train/p.jsonl"])
+    assert names == {"/d/train/p.jsonl": "d/train/p.jsonl", "/d/extra/p.jsonl": "extra/p.jsonl",
+                     "/d/extra/q.jsonl": "q.jsonl", "s3://b/x/train/p.jsonl": "x/train/p.jsonl"}
+    assert data.source_names(["/data/prompts.jsonl"]) == {"/data/prompts.jsonl": "prompts.jsonl"}

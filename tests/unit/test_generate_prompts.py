@@ -24,3 +24,9 @@ def test_a_prompt_the_template_rejects_is_tagged_with_its_message(policy_dir, tm
                         "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
     out = generate.tokenize_prompt(ROW, str(policy_dir), str(template), 100)
     assert out["field"] == "prompt" and "a system message comes first" in out["reason"]
+
+
+def test_prompt_ids_name_as_much_of_the_path_as_tells_same_named_files_apart(policy_dir):
+    sources = {"/data/prompts.jsonl": "data/prompts.jsonl", "/extra/prompts.jsonl": "extra/prompts.jsonl"}
+    out = generate.tokenize_prompt(ROW, str(policy_dir), None, 100, sources)
+    assert out["prompt_id"] == "data/prompts.jsonl:7"
