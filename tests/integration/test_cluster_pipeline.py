@@ -67,8 +67,8 @@ def stop(proc: subprocess.Popen) -> None:
 def two_nodes(tmp_path, s3_server):
     port, dash = free_port(), free_port()
     # The S3 endpoint's AWS_* variables come from the environment (tests/conftest.py).
-    # No drain on SIGTERM: killing a node's process group takes its GCS down too, so the drain call
-    # waited out its whole 30 s on every stop.
+    # No drain on SIGTERM: killing the head's process group takes its GCS down too, and the drain call
+    # then waited out its whole 30 s before the node stopped.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "head_cache"))}
