@@ -46,7 +46,7 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)
     if g.limit:
         rows = rows.limit(g.limit)
-    sources = data.source_names(storage.shared(f) for f in prompts)  # the rows' file names, as read
+    sources = data.source_names(storage.uri(f) or f for f in prompts)  # keyed as read_dataset names them
     tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": cfg.policy.template,
                                                            "max_prompt_tokens": g.max_model_len - g.max_tokens,
                                                            "sources": sources})

@@ -285,7 +285,9 @@ class ScoreConfig:
     actors: tuple[int, ...] = (1, 1)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    rows_per_call: int = 256              # per actor call; length sorting works within one (3% padding; 11% at 64)
+    # Per actor call; length sorting works within one: padding 3.4% at 256, 10.9% at 64
+    # (bench/results/score_throughput*.json, shuffled candidates).
+    rows_per_call: int = 256
     threads: int = 0
     dtype: str = "float32"                # bfloat16 halves CPU scoring time (selection only needs the order)
     judge: JudgeConfig = field(default_factory=JudgeConfig)

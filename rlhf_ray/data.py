@@ -11,7 +11,9 @@ import ast
 import gzip
 import json
 import operator
+import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
@@ -315,23 +317,19 @@ def expand_paths(spec: str | Iterable[str]) -> list[str]:
         if not matches or not all(Path(m).exists() for m in matches):
             raise FileNotFoundError(f"input not found: {s}")
         out += matches
-    twice = sorted({f for f in out if out.count(f) > 1})
+    twice = sorted(f for f, n in Counter(out).items() if n > 1)
     if twice:  # its rows would be read twice
         raise ValueError(f"input listed more than once: {', '.join(twice)}")
     return out
 
 
 def source_names(files: Iterable[str]) -> dict[str, str]:
-    """Each file's shortest trailing path that no other file ends with: its name, unless two files in
-    different folders share it (``train/prompts.jsonl``, ``extra/prompts.jsonl``)."""
-    parts = {f: str(f).rstrip("/").split("/") for f in files}
-    names = {}
-    for f, p in parts.items():
-        k = 1
-        while k < len(p) and any(q[-k:] == p[-k:] for g, q in parts.items() if g != f):
-            k += 1
-        names[f] = "/".join(p[-k:])
-    return names
+    """Each file's path below the folder all of them share: names that tell same-named files in
+    different folders apart (``train/prompts.jsonl``, ``extra/prompts.jsonl``); files of one folder
+    keep their bare names."""
+    parts = {str(f): str(f).split("/") for f in files}
+    common = len(os.path.commonprefix([p[:-1] for p in parts.values()]))
+    return {f: "/".join(p[common:]) for f, p in parts.items()}
 
 
 # ---------------------------------------------------------------- Ray Data

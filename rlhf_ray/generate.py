@@ -36,8 +36,8 @@ class Sampling:
 
 
 def prompt_id(file: str, line: int, sources: dict[str, str] | None = None) -> str:
-    """A stable id that also says where the prompt came from: the file's name (or, from
-    ``data.source_names``, as much of its path as tells it apart from the other inputs) and line."""
+    """A stable id that also says where the prompt came from: the file's name (or its
+    ``data.source_names`` name, which tells same-named inputs apart) and line."""
     return f"{(sources or {}).get(file) or Path(file).name}:{line}"
 
 

@@ -173,9 +173,10 @@ def test_a_glob_and_a_path_naming_one_file_twice_is_an_error(tmp_path):
         data.expand_paths([str(tmp_path / "*.jsonl"), path])
 
 
-def test_source_names_are_the_file_names_unless_two_files_share_one():
-    names = data.source_names(["/d/train/p.jsonl", "/d/extra/p.jsonl", "/d/extra/q.jsonl",
-                               "s3://b/x/train/p.jsonl"])
-    assert names == {"/d/train/p.jsonl": "d/train/p.jsonl", "/d/extra/p.jsonl": "extra/p.jsonl",
-                     "/d/extra/q.jsonl": "q.jsonl", "s3://b/x/train/p.jsonl": "x/train/p.jsonl"}
+def test_source_names_are_the_paths_below_the_inputs_common_folder():
+    assert data.source_names(["/d/train/p.jsonl", "/d/extra/p.jsonl", "/d/extra/q.jsonl"]) == {
+        "/d/train/p.jsonl": "train/p.jsonl", "/d/extra/p.jsonl": "extra/p.jsonl", "/d/extra/q.jsonl": "extra/q.jsonl"}
+    assert data.source_names(["s3://b/x/train/p.jsonl", "s3://b/x/extra/p.jsonl"]) == {
+        "s3://b/x/train/p.jsonl": "train/p.jsonl", "s3://b/x/extra/p.jsonl": "extra/p.jsonl"}
+    assert data.source_names(["/d/a.jsonl", "/d/b.jsonl"]) == {"/d/a.jsonl": "a.jsonl", "/d/b.jsonl": "b.jsonl"}
     assert data.source_names(["/data/prompts.jsonl"]) == {"/data/prompts.jsonl": "prompts.jsonl"}
