@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from rlhf_ray import cluster, config, data, job, manifest, models, storage, tasks
-from rlhf_ray.config import PipelineConfig
+from rlhf_ray.config import GenerateConfig, PipelineConfig
 
 
 def prompt_files(cfg: PipelineConfig) -> list[str]:
@@ -27,14 +27,15 @@ def prompt_files(cfg: PipelineConfig) -> list[str]:
     raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
 
 
-def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) -> Path:
-    """prompts → out/candidates (M×N rows), skipped when out's manifest matches."""
+def stage(g: GenerateConfig, template: str | None, model_dir: str, prompts: list[str], out: Path) -> Path:
+    """prompts → out/candidates (M×N rows) sampled as section ``g`` says, with the policy's chat
+    ``template``; skipped when out's manifest matches."""
     from rlhf_ray import generate
 
-    g = cfg.generate
     model_dir = storage.shared(model_dir)  # vLLM actors on any node load it
     inputs = manifest.fingerprint([*prompts, models.locate(model_dir)])
-    chash = config.config_hash({"generate": g, "template": cfg.policy.template})
+    section = {"generate": g, "template": template}
+    chash = config.config_hash(section)
     if manifest.up_to_date(out, chash, inputs):
         print(f"[generate] {out} is up to date (config {chash}); skipping")
         return out / "candidates"
@@ -47,7 +48,7 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     if g.limit:
         rows = rows.limit(g.limit)
     sources = data.source_names(storage.uri(f) or f for f in prompts)  # keyed as read_dataset names them
-    tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": cfg.policy.template,
+    tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": template,
                                                            "max_prompt_tokens": g.max_model_len - g.max_tokens,
                                                            "sources": sources})
     good, too_long = data.split_bad_rows(tagged, g.on_bad_rows, quarantine)
@@ -56,8 +57,8 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
     sampling = generate.Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
     candidates = generate.generate_dataset(
-        good, model_dir, cfg.policy.template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
-        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb, g.calls_per_actor)
+        good, model_dir, template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
+        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb, g.calls_per_actor, g.threads)
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()
@@ -68,7 +69,7 @@ def stage(cfg: PipelineConfig, model_dir: str, prompts: list[str], out: Path) ->
     tokens = int(written.sum("num_completion_tokens") or 0)
     counts = {"candidates": m * g.n, "prompts": m, "quarantined": bad + too_long, "completion_tokens": tokens,
               "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
-    manifest.write(out, "generate", config.to_dict(cfg), chash, inputs, counts, model_dir=model_dir)
+    manifest.write(out, "generate", {"generate": config.to_dict(g), "template": template}, chash, inputs, counts, model_dir=model_dir)
     print(f"[generate] wrote {target}: {counts}")
     return target
 
@@ -90,7 +91,7 @@ def check_accounting(path: Path, expected: int):
 
 def run(cfg: PipelineConfig) -> Path:
     model_dir = cfg.generate.model_dir or str(Path(cfg.run_dir) / "sft" / "model")
-    return stage(cfg, model_dir, prompt_files(cfg), Path(cfg.run_dir) / "generate")
+    return stage(cfg.generate, cfg.policy.template, model_dir, prompt_files(cfg), Path(cfg.run_dir) / "generate")
 
 
 if __name__ == "__main__":

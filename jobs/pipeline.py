@@ -5,8 +5,11 @@ resumes where it stopped.
     python jobs/pipeline.py jobs/configs/tiny.yaml [key=value ...]
 
 SFT runs on sft.data.train or the generated task (without either, policy.name is used as the SFT
-policy). The reward model trains on reward.data.train, or on the generated task's preference pairs;
-the RM evaluation runs when eval_rm names data (pairs, bon_file or orm). Writes RUN_DIR/report.html.
+policy). The reward model trains on the SFT policy's own samples labelled by a checker
+(reward.source=policy_samples), or on reward.data.train / the generated task's synthetic pairs; the
+RM evaluation runs when eval_rm names data (pairs, bon_file or orm). Rejection sampling runs with the
+RM, its matched random baseline and, with rs.rule_reward, the rule reward as the upper reference.
+Writes RUN_DIR/report.html.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def run(cfg: PipelineConfig) -> Path:
         policy = str(sft.run(cfg))
     else:
         policy = cfg.policy.name  # an instruction-tuned model a user names: no SFT stage
-    train_rm.run(cfg)
+    train_rm.run(cfg, policy)
     e = cfg.eval_rm
     if e.pairs or e.bon_file or e.orm:
         eval_rm.run(cfg)

@@ -4,7 +4,8 @@
 
 Each round r writes RUN_DIR/rs/round{r}/: generate/, score/, select/ (kept.jsonl, random.jsonl with
 the matched random baseline, pairs.jsonl with best/worst preference pairs, manifest.json) and
-top/sft/model (the new policy; random/sft/model for the baseline). Round r+1 starts from round r's
+top/sft/model (the new policy; random/sft/model for the baseline). With rs.rule_reward, the same
+rounds scored by that rule instead of the RM go to RUN_DIR/rs_rule/round{r}/ (the upper reference). Round r+1 starts from round r's
 policy. Every stage is skipped when its manifest matches, so a job interrupted anywhere resumes there.
 """
 from __future__ import annotations
@@ -21,16 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs import generate as generate_job  # noqa: E402
 from jobs import score as score_job  # noqa: E402
 from jobs import sft as sft_job  # noqa: E402
-from rlhf_ray import config, job, manifest, selection, tasks  # noqa: E402
-from rlhf_ray.config import PipelineConfig  # noqa: E402
+from rlhf_ray import config, job, manifest, rewards, selection  # noqa: E402
+from rlhf_ray.config import PipelineConfig, ScoreConfig  # noqa: E402
 
 
-def select(cfg: PipelineConfig, scored: Path, out: Path) -> dict[str, Path]:
-    """Scored candidates → kept / random-baseline conversations and best/worst pairs (jsonl)."""
+def select(cfg: PipelineConfig, scored: Path, out: Path, min_reward: float | None = None) -> dict[str, Path]:
+    """Scored candidates → kept / random-baseline conversations and best/worst pairs (jsonl); with
+    ``min_reward``, candidates scoring below it are never kept."""
     import pandas as pd
 
     rs = cfg.rs
-    chash = config.config_hash({k: getattr(rs, k) for k in ("strategy", "top_k", "dedup", "drop_truncated", "seed")})
+    chash = config.config_hash({**{k: getattr(rs, k) for k in ("strategy", "top_k", "dedup", "drop_truncated", "seed")},
+                                "min_reward": min_reward})
     inputs = manifest.fingerprint([scored])
     paths = {name: out / f"{name}.jsonl" for name in ("kept", "random", "pairs")}
     if manifest.up_to_date(out, chash, inputs):
@@ -47,6 +50,8 @@ def select(cfg: PipelineConfig, scored: Path, out: Path) -> dict[str, Path]:
         truncated = df.finish_reason == "length"
         for p, j in zip(df.prompt_id[truncated], df.sample_idx[truncated]):
             usable[ids.index(p), j] = np.nan
+    if min_reward is not None:
+        usable[r < min_reward] = np.nan
     if rs.strategy == "top_per_prompt":
         kept, rand = selection.top_per_prompt(usable), selection.random_per_prompt(usable, rs.seed)
     else:
@@ -63,16 +68,16 @@ def select(cfg: PipelineConfig, scored: Path, out: Path) -> dict[str, Path]:
               "reward_mean_all": float(np.nanmean(r)), "reward_mean_kept": _mean(rows(kept), "reward"),
               "reward_mean_random": _mean(rows(rand), "reward")}
     if "answer" in df:
-        counts.update(gold_mean_all=float(np.mean([_gold(x) for _, x in df.iterrows()])),
-                      gold_mean_kept=float(np.mean([_gold(x) for x in rows(kept)] or [np.nan])),
-                      gold_mean_random=float(np.mean([_gold(x) for x in rows(rand)] or [np.nan])))
+        counts.update(gold_mean_all=float(np.mean([_gold(cfg, x) for _, x in df.iterrows()])),
+                      gold_mean_kept=float(np.mean([_gold(cfg, x) for x in rows(kept)] or [np.nan])),
+                      gold_mean_random=float(np.mean([_gold(cfg, x) for x in rows(rand)] or [np.nan])))
     manifest.write(out, "select", config.to_dict(cfg.rs), chash, inputs, counts)
     print(f"[select] {out}: {counts}")
     return paths
 
 
-def _gold(row) -> float:
-    return tasks.gold_reward(row.completion, row.answer)
+def _gold(cfg: PipelineConfig, row) -> float:
+    return rewards.load(cfg.eval.gold)(list(row.prompt), row.completion, row.to_dict())
 
 
 def _mean(rows, key: str) -> float:
@@ -107,21 +112,36 @@ def finetune(cfg: PipelineConfig, policy: str, conversations: Path, run_dir: Pat
 
 def run(cfg: PipelineConfig, policy: str | None = None) -> dict[str, str]:
     """All rounds from ``policy`` (default: generate.model_dir, else RUN_DIR/sft/model); returns the
-    final policies {"rs": ..., "random": ...} (the latter with rs.baseline)."""
+    final policies {"rs": ..., "random": ..., "rs_rule": ...} (the latter two with rs.baseline and
+    rs.rule_reward)."""
     root = Path(cfg.run_dir)
-    policy = policy or cfg.generate.model_dir or str(root / "sft" / "model")
+    start = policy or cfg.generate.model_dir or str(root / "sft" / "model")
     rm = score_job.rm_dir(cfg)
     prompts = generate_job.prompt_files(cfg)
-    random_policy = None
+    policy, random_policy, rule_policy = start, None, start
     for r in range(1, cfg.rs.rounds + 1):
         out = root / "rs" / f"round{r}"
-        candidates = generate_job.stage(cfg, policy, prompts, out / "generate")
-        scored = score_job.stage(cfg, str(candidates), rm, out / "score")
-        picked = select(cfg, scored, out / "select")
+        candidates = generate_job.stage(cfg.generate, cfg.policy.template, policy, prompts, out / "generate")
+        picked = select(cfg, score_job.stage(cfg.score, str(candidates), rm, out / "score"), out / "select")
         if cfg.rs.baseline:
             random_policy = finetune(cfg, policy, picked["random"], out / "random")
+        if cfg.rs.rule_reward:
+            rule_policy = rule_round(cfg, rule_policy, candidates if r == 1 else None, prompts, root / "rs_rule" / f"round{r}")
         policy = finetune(cfg, policy, picked["kept"], out / "top")
-    return {"rs": policy, **({"random": random_policy} if random_policy else {})}
+    return {"rs": policy, **({"random": random_policy} if random_policy else {}),
+            **({"rs_rule": rule_policy} if cfg.rs.rule_reward else {})}
+
+
+def rule_round(cfg: PipelineConfig, policy: str, candidates: Path | None, prompts: list[str], out: Path) -> str:
+    """One round of RS with the rule reward (rs.rule_reward) as the scorer: the upper reference an RM's
+    RS is measured against. Round 1 reuses the RM chain's candidates (the same policy sampled them)."""
+    if candidates is None:
+        candidates = generate_job.stage(cfg.generate, cfg.policy.template, policy, prompts, out / "generate")
+    rule = ScoreConfig(scorer="function", function=cfg.rs.rule_reward, rows_per_call=cfg.score.rows_per_call,
+                       actors=cfg.score.actors)
+    # STaR / RFT keep only the answers the rule accepts.
+    picked = select(cfg, score_job.stage(rule, str(candidates), "", out / "score"), out / "select", cfg.rs.rule_min)
+    return finetune(cfg, policy, picked["kept"], out / "top")
 
 
 if __name__ == "__main__":

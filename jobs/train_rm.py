@@ -2,6 +2,8 @@
 
     python jobs/train_rm.py CONFIG [key=value ...]
 
+With reward.source=policy_samples it first samples the SFT policy on the RM's prompts and labels the
+samples with reward.samples.checker (RUN_DIR/rm_data/: generate/, label/, train.jsonl, eval.jsonl).
 Writes RUN_DIR/rm/: model/ (HF *ForSequenceClassification or *ForTokenClassification folder, plus
 reward_stats.json with the eval set's reward mean and std), metrics.jsonl, quarantine.jsonl,
 manifest.json with held-out accuracy (pairs), AUC (ORM) or step accuracy (PRM).
@@ -13,8 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, manifest, storage, tasks
-from rlhf_ray.config import PipelineConfig
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs import generate as generate_job  # noqa: E402
+from jobs import score as score_job  # noqa: E402
+from rlhf_ray import cluster, config, job, data, manifest, selection, storage, tasks  # noqa: E402
+from rlhf_ray.config import PipelineConfig, ScoreConfig  # noqa: E402
 
 
 def encode_dataset(rows, cfg: PipelineConfig, quarantine: Path | None):
@@ -57,18 +65,88 @@ def with_backbone(cfg: PipelineConfig) -> PipelineConfig:
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=model))
 
 
-def run(cfg: PipelineConfig) -> Path:
+def labelled_samples(cfg: PipelineConfig, policy: str) -> tuple[list[str], list[str]]:
+    """``reward.source: policy_samples``: sample ``policy`` on the RM's prompts, label each sample with
+    the checker (in the scoring stage, as a function scorer) and write RUN_DIR/rm_data/{train,eval}.jsonl:
+    correct-vs-incorrect pairs (bt, margin) or labelled rows (orm), split by prompt."""
+    import pandas as pd
+
+    r, s = cfg.reward, cfg.reward.samples
+    if r.objective not in ("bt", "margin", "orm"):
+        raise config.ConfigError(f"reward.source=policy_samples trains bt, margin or orm reward models, "
+                                 f"not reward.objective={r.objective}")
+    if s.prompts:
+        prompts = data.expand_paths(s.prompts)
+    elif cfg.task.name != "none":
+        prompts = [tasks.task_files(cfg.task, cfg.run_dir)["rm_prompts"]]
+    else:
+        raise config.ConfigError("reward.source=policy_samples needs reward.samples.prompts or a task (task.name)")
+    out = Path(cfg.run_dir) / "rm_data"
+    g = dataclasses.replace(cfg.generate, n=s.n, temperature=s.temperature, max_tokens=s.max_tokens or cfg.generate.max_tokens,
+                            adapter=s.adapter, limit=s.limit, seed=s.seed)
+    candidates = generate_job.stage(g, cfg.policy.template, policy, prompts, out / "generate")
+    checker = ScoreConfig(scorer="function", function=s.checker, rows_per_call=cfg.score.rows_per_call,
+                          actors=cfg.score.actors)
+    labelled = score_job.stage(checker, str(candidates), "", out / "label")
+
+    files = {"train": out / "train.jsonl", "eval": out / "eval.jsonl"}
+    chash = config.config_hash({"samples": s, "objective": r.objective})
+    inputs = manifest.fingerprint([labelled])
+    if manifest.up_to_date(out, chash, inputs):
+        print(f"[rm_data] {out} is up to date; skipping")
+        return [str(files["train"])], [str(files["eval"])] if files["eval"].stat().st_size else []
+    df = pd.read_parquet(labelled).reset_index(drop=True)
+    ids, labels = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward)
+    bad = ~np.isin(labels[np.isfinite(labels)], (0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"reward.samples.checker {s.checker} must return 1.0 (correct) or 0.0 (incorrect); "
+                         f"got {sorted(set(labels[np.isfinite(labels)][bad]))[:5]}")
+    cell = {(p, j): i for i, (p, j) in enumerate(zip(df.prompt_id, df.sample_idx))}
+    held = len(ids) - min(s.eval_prompts, len(ids))
+    rows: dict[str, list] = {"train": [], "eval": []}
+    if r.objective == "orm":
+        for (p, j), i in cell.items():
+            x = df.iloc[i]
+            rows["train" if ids.index(p) < held else "eval"].append(
+                {"prompt": [*map(dict, x.prompt)], "completion": x.completion, "label": int(x.reward)})
+    else:
+        for i, good, bad_j in selection.correct_incorrect_pairs(labels, s.pairs_per_prompt, s.seed):
+            c, w = df.iloc[cell[(ids[i], good)]], df.iloc[cell[(ids[i], bad_j)]]
+            rows["train" if i < held else "eval"].append(
+                {"prompt": [*map(dict, c.prompt)], "chosen": [{"role": "assistant", "content": c.completion}],
+                 "rejected": [{"role": "assistant", "content": w.completion}], "margin": 1.0})
+    for name, path in files.items():
+        with open(path, "w") as f:
+            f.writelines(json.dumps(x) + "\n" for x in rows[name])
+    finite = labels[np.isfinite(labels)]
+    both = int(sum(np.nanmax(x) == 1 and np.nanmin(x) == 0 for x in labels))
+    counts = {"prompts": len(ids), "samples": int(finite.size), "correct_fraction": float(finite.mean()),
+              "prompts_with_both": both, "train_rows": len(rows["train"]), "eval_rows": len(rows["eval"])}
+    manifest.write(out, "rm_data", {"samples": config.to_dict(s), "objective": r.objective}, chash, inputs, counts)
+    print(f"[rm_data] wrote {out}: {counts}")
+    if not rows["train"]:
+        raise ValueError(f"reward.source=policy_samples: no training rows from {len(ids)} prompts ({counts}); "
+                         "sample more (reward.samples.n) or at a higher temperature")
+    return [str(files["train"])], [str(files["eval"])] if rows["eval"] else []
+
+
+def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
+    """Train the reward model; with reward.source=policy_samples on ``policy``'s labelled samples
+    (default RUN_DIR/sft/model)."""
     from rlhf_ray.train import reward, runner
 
-    cfg = with_backbone(cfg)
-    r, out = cfg.reward, Path(cfg.run_dir) / "rm"
-    if r.data.train:
+    r = cfg.reward
+    if r.source == "policy_samples":
+        train_files, eval_files = labelled_samples(cfg, policy or str(Path(cfg.run_dir) / "sft" / "model"))
+    elif r.data.train:
         train_files = data.expand_paths(r.data.train)
+        eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
     elif cfg.task.name != "none":
-        train_files = [tasks.task_files(cfg.task, cfg.run_dir)["pairs"]]
+        train_files, eval_files = [tasks.task_files(cfg.task, cfg.run_dir)["pairs"]], []
     else:
         raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
-    eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
+    cfg = with_backbone(cfg)
+    r, out = cfg.reward, Path(cfg.run_dir) / "rm"
     is_folder = storage.is_remote(r.model.name) or Path(r.model.name).is_dir()
     backbone = [r.model.name] if is_folder else []  # a new SFT policy retrains the RM
     inputs = manifest.fingerprint(train_files + eval_files + backbone)
@@ -82,9 +160,10 @@ def run(cfg: PipelineConfig) -> Path:
 
     cluster.connect()
     kind = reward.ROW_KIND[r.objective]
-    rows, bad_rows = data.read_dataset(train_files, kind, r.data.adapter, r.data.on_bad_rows, quarantine)
+    adapter = r.data.adapter if r.source == "files" else None  # labelled samples are written in our format
+    rows, bad_rows = data.read_dataset(train_files, kind, adapter, r.data.on_bad_rows, quarantine)
     if eval_files:
-        eval_rows, _ = data.read_dataset(eval_files, kind, r.data.adapter, r.data.on_bad_rows, None)
+        eval_rows, _ = data.read_dataset(eval_files, kind, adapter, r.data.on_bad_rows, None)
     elif r.data.eval_rows:
         rows, eval_rows = rows.split_at_indices([rows.count() - r.data.eval_rows])
     else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,8 +23,9 @@ class ConfigError(ValueError):
     pass
 
 
-def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()):
-    """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides."""
+def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), base: str | Path | None = None):
+    """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides, with every relative path
+    in it made absolute against ``base`` (default: the current directory, where the job started)."""
     data: dict = {}
     source = "overrides"
     if path is not None:
@@ -41,7 +44,7 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()):
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return build(cls, data, source)
+    return absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -124,6 +127,46 @@ def _coerce(tp, value, where: str, key: str):
     return value
 
 
+# ---------------------------------------------------------------- paths
+
+# A field's ``metadata["path"]`` says how its value names a file: "file" (a path or glob), "model" (a
+# folder, or a keyword / hub id left as it is) or "template" (a built-in name or a .jinja file).
+_KEYWORDS = {"model": {"default", "default-rm", "sft"}}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # gpt2, Qwen/Qwen2.5-0.5B
+
+
+def _path(kind: str):
+    return {"path": kind}
+
+
+def absolute_paths(cfg, base: Path):
+    """``cfg`` with every relative path made absolute against ``base``, so that Ray Train workers, Ray
+    Data actors and a ``ray job submit`` driver (whose working directory differs) read the same files.
+    Storage URIs, keywords (``default``, ``chatml``) and hub ids are left as they are."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = absolute_paths(value, base)
+        elif "path" in f.metadata and isinstance(value, tuple):
+            changes[f.name] = tuple(_absolute(v, f.metadata["path"], base) for v in value)
+        elif "path" in f.metadata and isinstance(value, str):
+            changes[f.name] = _absolute(value, f.metadata["path"], base)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _absolute(value: str, kind: str, base: Path) -> str:
+    if not value or "://" in value or value in _KEYWORDS.get(kind, ()):
+        return value
+    if kind == "template" and not value.endswith(".jinja") and "/" not in value:
+        return value  # a template's name, not a file
+    p = base / Path(value).expanduser()  # an absolute path stays as it is
+    # A name that is no folder here but has a hub id's shape (name or org/name) stays a hub id.
+    if kind == "model" and not p.exists() and _HUB_ID.match(value):
+        return value
+    return os.path.normpath(p)
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -139,16 +182,16 @@ def config_hash(cfg) -> str:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "default"                 # default (embedded SmolLM2), a local HF folder or a hub id
-    template: str | None = None           # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path
+    name: str = field(default="default", metadata=_path("model"))  # default (embedded SmolLM2), a local HF folder or a hub id
+    template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path
     trust_remote_code: bool = False
     dtype: str = "float32"                # weights in memory; bf16 autocast is TrainConfig.bf16
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: tuple[str, ...] = ()           # files or globs: jsonl, jsonl.gz, parquet, datasets folders
-    eval: tuple[str, ...] = ()
+    train: tuple[str, ...] = field(default=(), metadata=_path("file"))  # files or globs: jsonl, jsonl.gz, parquet, datasets folders
+    eval: tuple[str, ...] = field(default=(), metadata=_path("file"))
     adapter: str | None = None            # hh, gsm8k, gsm8k_solutions, alpaca_seed
     eval_rows: int = 0                    # without eval files: hold out the last N rows of train
     limit: int = 0                        # use only the first N rows (0 = all)
@@ -176,6 +219,9 @@ class TrainConfig:
     checkpoint_every: int = 0             # steps; 0: only at the end
     eval_every: int = 0                   # steps; 0: only at the end
     torch_threads: int = 0                # per worker; 0: torch's default
+    # 0: every weight learns; N: only the top N transformer blocks (and heads), embeddings and lower
+    # blocks frozen: about half a step's cost on a CPU
+    trainable_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,10 +250,30 @@ def _rm_train() -> "TrainConfig":
 
 
 @dataclass(frozen=True)
+class RMSamplesConfig:
+    """``reward.source: policy_samples``: the SFT policy's own samples on the RM's prompts, labelled
+    correct / incorrect by a checker (InstructGPT ranks the policy's samples; Cobbe et al. 2021 train
+    verifiers on the model's own solutions)."""
+    prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # prompts with gold answers; empty: the task's rm_prompts
+    adapter: str | None = None            # e.g. gsm8k
+    limit: int = 0
+    n: int = 8                            # samples per prompt
+    temperature: float = 1.0
+    max_tokens: int = 0                   # 0: generate.max_tokens
+    checker: str = "rlhf_ray.rewards:final_number"  # module:callable (prompt, completion, row) -> 1.0 / 0.0
+    pairs_per_prompt: int = 4             # bt / margin: correct-vs-incorrect pairs per prompt (orm: every sample)
+    eval_prompts: int = 32                # the last N prompts' samples are held out for the RM's eval
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     model: ModelConfig = field(default_factory=_rm_model)   # default-rm: embedded all-MiniLM-L6-v2
     objective: Literal["bt", "margin", "kwise", "plackett_luce", "orm", "prm"] = "bt"
     center_rewards_coef: float = 0.0
+    # files: reward.data (or the task's synthetic pairs); policy_samples: labelled samples, below
+    source: Literal["files", "policy_samples"] = "files"
+    samples: RMSamplesConfig = field(default_factory=RMSamplesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=_rm_train)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
@@ -215,15 +281,15 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class EvalRMConfig:
-    model_dir: str = ""                   # empty: RUN_DIR/rm/model
-    template: str | None = None
-    pairs: tuple[str, ...] = ()           # RewardBench-format rows: prompt, chosen, rejected, subset
+    model_dir: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/rm/model
+    template: str | None = field(default=None, metadata=_path("template"))
+    pairs: tuple[str, ...] = field(default=(), metadata=_path("file"))  # RewardBench-format rows: prompt, chosen, rejected, subset
     pairs_adapter: str | None = None      # e.g. hh (subset = the file's name)
     pairs_limit: int = 0                  # score only the last N pairs (0 = all)
-    bon_file: str = ""                    # AlpacaEval best-of-16 set (candidates + judge preferences)
+    bon_file: str = field(default="", metadata=_path("file"))  # AlpacaEval best-of-16 set (candidates + judge preferences)
     bon_n: tuple[int, ...] = (1, 2, 4, 8, 11)
     bon_limit: int = 0
-    orm: tuple[str, ...] = ()             # ORM rows (prompt, completion, label) for AUC
+    orm: tuple[str, ...] = field(default=(), metadata=_path("file"))  # ORM rows (prompt, completion, label) for AUC
     orm_adapter: str | None = "gsm8k_solutions"
     orm_limit: int = 0
     max_len: int = 512
@@ -236,7 +302,8 @@ class EvalRMConfig:
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
     name: Literal["none", "arithmetic"] = "none"
-    sft_rows: int = 256                   # SFT conversations (and as many RM preference pairs)
+    sft_rows: int = 256                   # SFT conversations
+    rm_rows: int = 0                      # reward-model problems (pairs, or prompts to sample); 0: sft_rows
     prompt_rows: int = 64                 # prompts for rejection sampling
     eval_rows: int = 64                   # held-out prompts for evaluation
     seed: int = 0
@@ -244,8 +311,8 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    model_dir: str = ""                   # empty: RUN_DIR/sft/model
-    prompts: tuple[str, ...] = ()         # prompt files; empty: the generated task's prompts
+    model_dir: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/sft/model
+    prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # prompt files; empty: the generated task's prompts
     adapter: str | None = None            # e.g. gsm8k
     limit: int = 0
     n: int = 4                            # completions per prompt
@@ -262,12 +329,13 @@ class GenerateConfig:
     rows_per_call: int = 16               # prompts per actor call (and per block)
     calls_per_actor: int = 4              # concurrent calls whose prompts share the engine's running batch
     kv_cache_gb: int = 1                  # CPU engines only
+    threads: int = 0                      # CPU engines: torch threads (0: vLLM's choice, one unless OMP_NUM_THREADS is set)
     on_bad_rows: Literal["error", "quarantine"] = "quarantine"
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    model: str = ""                       # local model for a vLLM judge (ignored with base_url)
+    model: str = field(default="", metadata=_path("model"))  # local model for a vLLM judge (ignored with base_url)
     base_url: str = ""                    # any OpenAI-compatible endpoint
     served_model: str = ""                # the endpoint's model name
     api_key_env: str = "OPENAI_API_KEY"   # the key is read from this variable, never from the config
@@ -276,10 +344,13 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    scorer: Literal["rm", "vllm", "judge"] = "rm"   # rm: transformers; vllm: pooling runner
-    model_dir: str = ""                   # empty: RUN_DIR/rm/model
-    candidates: str = ""                  # empty: RUN_DIR/generate/candidates
-    template: str | None = None
+    # rm: a reward model (transformers); vllm: the same in vLLM's pooling runner; judge: an LLM judge;
+    # function: a rule-based reward, ``function`` below
+    scorer: Literal["rm", "vllm", "judge", "function"] = "rm"
+    function: str = ""                    # module:callable (prompt, completion, row) -> float, e.g. rlhf_ray.rewards:final_number
+    model_dir: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/rm/model
+    candidates: str = field(default="", metadata=_path("file"))  # empty: RUN_DIR/generate/candidates
+    template: str | None = field(default=None, metadata=_path("template"))
     max_len: int = 512
     batch_size: int = 16
     actors: tuple[int, ...] = (1, 1)
@@ -303,6 +374,10 @@ class RSConfig:
     strategy: Literal["top_per_prompt", "top_k_overall"] = "top_per_prompt"
     top_k: int = 0                        # top_k_overall: cells kept (0: as many as there are prompts)
     baseline: bool = True                 # also fine-tune on the matched random selection
+    # module:callable: also run RS with this rule reward on the same candidates, as the upper reference
+    # (RS with verifiable rewards: STaR / RFT); empty: none
+    rule_reward: str = ""
+    rule_min: float = 1.0                 # rule-reward RS keeps only candidates scoring at least this
     dedup: bool = True                    # identical completions of one prompt count once
     drop_truncated: bool = True           # never keep a completion cut at max_tokens
     seed: int = 0
@@ -312,11 +387,14 @@ class RSConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    prompts: tuple[str, ...] = ()         # held-out prompts; empty: the generated task's eval prompts
+    prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # held-out prompts; empty: the generated task's eval prompts
     adapter: str | None = None
     limit: int = 0
     bon_n: tuple[int, ...] = (1, 2, 4, 8) # best-of-N curve of the SFT policy (N_max samples per prompt)
     policy_samples: int = 4               # samples per prompt for the RS and baseline policies
+    gold: str = "rlhf_ray.rewards:final_number"  # module:callable, the gold reward (prompts with an answer)
+    greedy: bool = True                   # also one greedy (temperature 0) answer per prompt and policy
+    n_boot: int = 10_000                  # bootstrap resamples of the confidence intervals
 
 
 @dataclass(frozen=True)
@@ -334,9 +412,9 @@ def _ingress() -> "DeploymentConfig":
 
 @dataclass(frozen=True)
 class ServeConfig:
-    policy: str = ""                      # empty: RUN_DIR's rejection-sampling policy, else its SFT policy
-    reward_model: str = ""                # empty: RUN_DIR/rm/model
-    template: str | None = None
+    policy: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR's rejection-sampling policy, else its SFT policy
+    reward_model: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/rm/model
+    template: str | None = field(default=None, metadata=_path("template"))
     model_name: str = "rlhf-ray-best-of-n"
     host: str = "127.0.0.1"               # loopback unless told otherwise
     port: int = 8000
@@ -356,7 +434,7 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    run_dir: str = "runs/tiny"
+    run_dir: str = field(default="runs/tiny", metadata=_path("file"))
     policy: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

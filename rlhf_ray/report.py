@@ -61,6 +61,7 @@ def reward_histogram(all_rewards, kept_rewards, path: Path) -> str:
 
 
 def bon_curve(curve: dict, path: Path) -> str:
+    """Proxy and gold of the RM's pick against N (Gao et al.'s over-optimisation picture)."""
     ns = [int(n) for n in curve]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot(ns, [curve[str(n)]["proxy"] for n in ns], "o-", label="proxy reward of the pick")
@@ -70,6 +71,7 @@ def bon_curve(curve: dict, path: Path) -> str:
     if curve[str(ns[0])].get("gold") is not None:
         ax2 = ax.twinx()
         ax2.plot(ns, [curve[str(n)]["gold"] for n in ns], "s-", color="tab:orange", label="gold of the pick")
+        ax2.plot(ns, [curve[str(n)]["gold_random"] for n in ns], "--", color="tab:gray", label="gold, random pick")
         ax2.plot(ns, [curve[str(n)]["gold_oracle"] for n in ns], ":", color="tab:gray", label="gold oracle")
         ax2.set(ylabel="gold reward", ylim=(0, 1.05))
         ax2.legend(loc="lower right")
@@ -77,20 +79,48 @@ def bon_curve(curve: dict, path: Path) -> str:
     return _save(fig, path)
 
 
-def results_table(results: dict) -> list[tuple[str, str, str]]:
-    """Rows (name, gold, proxy): SFT policy, BoN@N, after RS, matched random baseline."""
-    def fmt(v):
-        return "—" if v is None else f"{v:.3f}"
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
-    pol, rows = results.get("policies", {}), []
-    if "sft" in pol:
-        rows.append(("SFT policy", fmt(pol["sft"]["gold"]), fmt(pol["sft"]["proxy"])))
-    for n, v in results.get("best_of_n", {}).items():
-        rows.append((f"SFT, best-of-{n}", fmt(v["gold"]), fmt(v["proxy"])))
-    for key, name in (("rs", "after rejection sampling"), ("random", "matched random baseline")):
-        if key in pol:
-            rows.append((name, fmt(pol[key]["gold"]), fmt(pol[key]["proxy"])))
-    return rows
+
+def _ci(d: dict | None) -> str:
+    if not d or d.get("estimate") is None:
+        return "—"
+    return f"{d['estimate']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
+POLICY_NAMES = {"sft": "SFT policy", "rs": "after rejection sampling (RM picks)",
+                "random": "matched random baseline", "rs_rule": "after rejection sampling (rule reward)"}
+
+
+def results_table(results: dict) -> list[tuple[str, ...]]:
+    """Rows (policy, sampled gold, greedy gold, proxy) for every evaluated policy."""
+    return [(POLICY_NAMES.get(k, k), _fmt(v.get("gold")), _fmt(v.get("greedy_gold")), _fmt(v.get("proxy")))
+            for k, v in results.get("policies", {}).items()]
+
+
+def bon_table(results: dict) -> list[tuple[str, ...]]:
+    """Rows (N, proxy, gold of the pick, random, oracle, gain over N=1 [CI], gap closed [CI])."""
+    return [(n, _fmt(v["proxy"]), _fmt(v.get("gold")), _fmt(v.get("gold_random")), _fmt(v.get("gold_oracle")),
+             _ci(v.get("gain_over_1")), _ci(v.get("gap_closed")))
+            for n, v in results.get("best_of_n", {}).items()]
+
+
+def comparison_table(results: dict) -> list[tuple[str, ...]]:
+    """Rows (comparison, sampled-gold difference [CI], greedy-gold difference [CI])."""
+    return [(k, _ci(v.get("gold")), _ci(v.get("greedy_gold"))) for k, v in results.get("comparisons", {}).items()]
+
+
+def _row(tag: str, cells) -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    return "<table>" + _row("th", header) + "".join(_row("td", r) for r in rows) + "</table>"
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def build(run_dir: str | Path, rounds: int = 1) -> Path:
@@ -105,22 +135,39 @@ def build(run_dir: str | Path, rounds: int = 1) -> Path:
 
     figure("SFT", loss_curve(_jsonl(root / "sft" / "metrics.jsonl"), "SFT loss", root / "sft_loss.png"),
            "no SFT metrics in this run")
+    rm, rm_data = _manifest(root / "rm" / "manifest.json"), _manifest(root / "rm_data" / "manifest.json")
     figure("Reward model", loss_curve(_jsonl(root / "rm" / "metrics.jsonl"), "Reward model loss",
                                       root / "rm_loss.png", extra="eval_accuracy"), "no reward-model metrics")
+    if rm_data:
+        sections.append(f"<p>Trained on the SFT policy's own samples, labelled by the checker: "
+                        f"{html.escape(json.dumps(rm_data.get('counts', {})))}</p>")
+    if rm.get("held_out"):
+        sections.append(f"<p>Held-out: {html.escape(json.dumps(rm['held_out']))}</p>")
     scored, kept = root / "rs" / f"round{rounds}" / "score" / "scored", root / "rs" / f"round{rounds}" / "select" / "kept.jsonl"
     png = None
     if scored.exists() and kept.exists():
         png = reward_histogram(pd.read_parquet(scored).reward.tolist(), [r["reward"] for r in _jsonl(kept)],
                                root / "rs_rewards.png")
     figure(f"Rejection sampling, round {rounds}", png, "no rejection-sampling round in this run")
+    for chain in ("rs", "rs_rule"):
+        counts = _manifest(root / chain / f"round{rounds}" / "select" / "manifest.json").get("counts")
+        if counts:
+            sections.append(f"<p>{html.escape(chain)} selection: {html.escape(json.dumps(counts))}</p>")
     results = json.loads((root / "eval" / "results.json").read_text()) if (root / "eval" / "results.json").exists() else {}
+    if results.get("verdict"):
+        sections.insert(0, f"<h2>Verdict</h2><p><strong>{html.escape(results['verdict'])}</strong></p>")
     figure("Best-of-N (held-out prompts)", bon_curve(results["best_of_n"], root / "bon.png") if results.get("best_of_n") else None,
            "no evaluation in this run")
-    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in results_table(results))
-    sections.append("<h2>Results (held-out prompts)</h2><table><tr><th>policy</th><th>gold</th><th>proxy</th></tr>"
-                    f"{rows}</table>")
+    if results.get("best_of_n"):
+        sections.append(_table(("N", "proxy", "gold", "random", "oracle", "gold − BoN@1 [95% CI]",
+                                "gap closed [95% CI]"), bon_table(results)))
+    sections.append("<h2>Policies (held-out prompts)</h2>" + _table(
+        ("policy", "gold (sampled)", "gold (greedy)", "proxy"), results_table(results)))
+    if results.get("comparisons"):
+        sections.append("<h2>Paired differences (bootstrap 95% CI over prompts)</h2>" + _table(
+            ("comparison", "gold (sampled)", "gold (greedy)"), comparison_table(results)))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>rlhf_ray run report</title><style>"
-            "body{font-family:sans-serif;max-width:760px;margin:2em auto}td,th{padding:4px 12px;text-align:right}"
+            "body{font-family:sans-serif;max-width:900px;margin:2em auto}td,th{padding:4px 12px;text-align:right}"
             "td:first-child,th:first-child{text-align:left}</style></head><body>"
             f"<h1>Run report: {html.escape(str(root))}</h1>{''.join(sections)}</body></html>")
     out = root / "report.html"

@@ -98,8 +98,33 @@ class VLLMRewardScorer:
         return [float(o.outputs.probs[0]) for o in outs]
 
 
+class FunctionScorer:
+    """A rule-based reward (``rlhf_ray.rewards`` or a user's ``module:callable``) on each candidate's text,
+    given the candidate's row (its gold ``answer`` and other prompt columns)."""
+
+    def __init__(self, function: str):
+        from rlhf_ray import rewards
+
+        self.spec, self.fn = function, rewards.load(function)
+        self.padding = self.real = 0  # no tokens: the padding report reads zero
+
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict]) -> list[float]:
+        out = []
+        for p, c, r in zip(prompts, completions, rows):
+            try:
+                out.append(float(self.fn(p, "\n\n".join(m["content"] for m in c), r)))
+            except Exception as e:  # noqa: BLE001 - a user's function: say which row broke it
+                raise ValueError(f"reward function {self.spec} failed on prompt_id {r.get('prompt_id')!r} "
+                                 f"sample {r.get('sample_idx')}: {type(e).__name__}: {e}") from e
+        return out
+
+
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
-                judge: dict | None = None, dtype: str = "float32"):
+                judge: dict | None = None, dtype: str = "float32", function: str = ""):
+    if kind == "function":
+        if not function:
+            raise ValueError("score.scorer=function needs score.function (module:callable)")
+        return FunctionScorer(function)
     if kind == "rm":
         return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads)
     if kind == "vllm":
@@ -116,7 +141,7 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
         else:
             raise ValueError("score.judge needs base_url (an OpenAI-compatible endpoint) or model (a local judge)")
         return j.JudgeScorer(backend)
-    raise ValueError(f"unknown scorer {kind!r} (rm, vllm, judge)")
+    raise ValueError(f"unknown scorer {kind!r} (rm, vllm, judge, function)")
 
 
 def as_messages(completion) -> list[dict]:
@@ -134,7 +159,12 @@ class _ScoreActor:
         prompts = [as_messages(p) for p in batch["prompt"]]
         completions = [as_messages(c) for c in batch["completion"]]
         before = (self.scorer.real, self.scorer.padding)
-        rewards = self.scorer.score(prompts, completions)
+        if isinstance(self.scorer, FunctionScorer):
+            columns = {k: v.tolist() for k, v in batch.items()}
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            rewards = self.scorer.score(prompts, completions, rows)
+        else:
+            rewards = self.scorer.score(prompts, completions)
         # Token counts of this call, so that the job can report the padding fraction.
         real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
         # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.
@@ -159,7 +189,7 @@ def _spread(total: int, n: int) -> list[int]:
 def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_len: int = 512,
                   batch_size: int = 16, actors: tuple[int, int] = (1, 1), rows_per_call: int = 256,
                   threads: int = 0, scorer: str = "rm", judge: dict | None = None, cpus_per_actor: float = 1,
-                  gpus_per_actor: float = 0, dtype: str = "float32"):
+                  gpus_per_actor: float = 0, dtype: str = "float32", function: str = ""):
     """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
     and ``completion`` (text or messages)."""
     from ray.data import ActorPoolStrategy
@@ -167,6 +197,7 @@ def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_le
     return ds.map_batches(
         _ScoreActor, batch_size=rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"kind": scorer, "model_dir": str(model_dir), "template": template, "max_len": max_len,
-                               "batch_size": batch_size, "threads": threads, "judge": judge, "dtype": dtype},
+                               "batch_size": batch_size, "threads": threads, "judge": judge, "dtype": dtype,
+                               "function": function},
         compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor)

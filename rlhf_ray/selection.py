@@ -71,6 +71,20 @@ def best_worst_pairs(rewards) -> list[tuple[int, int, int]]:
     return out
 
 
+def correct_incorrect_pairs(labels, max_pairs: int, seed: int) -> list[tuple[int, int, int]]:
+    """(prompt, correct, incorrect) from a 0/1 label matrix (NaN: missing): for each prompt with both
+    kinds, up to ``max_pairs`` distinct pairs drawn at random (seeded) from all its combinations."""
+    r = _matrix(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, row in enumerate(r):
+        good, bad = np.flatnonzero(row == 1), np.flatnonzero(row == 0)
+        combos = [(int(g), int(b)) for g in good for b in bad]
+        for k in sorted(rng.permutation(len(combos))[:max_pairs]):
+            out.append((i, *combos[k]))
+    return out
+
+
 def best_of_n(rewards) -> int:
     """Index of the best of one prompt's N candidates (the Serve endpoint uses this too)."""
     r = np.asarray(rewards, dtype=np.float64)

@@ -20,6 +20,18 @@ import torch.distributed as dist
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
+def freeze_lower_layers(model: torch.nn.Module, trainable: int) -> None:
+    """Leave only the top ``trainable`` transformer blocks, and the norms and heads above them, to learn:
+    the input embeddings (and a head tied to them) and the blocks below are frozen. Backward then stops
+    at the lowest trainable block, which is most of a step's cost on a CPU."""
+    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+    if blocks is None or trainable <= 0 or trainable >= len(blocks):
+        return
+    model.get_input_embeddings().requires_grad_(False)
+    for block in blocks[:len(blocks) - trainable]:
+        block.requires_grad_(False)
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # Biases and norms are not decayed (the usual AdamW practice).
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]

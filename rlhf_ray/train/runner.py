@@ -85,6 +85,7 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else _NoDir()) as ckpt_dir:
         model = rec.load_model(cfg, tokenizer, ckpt_dir)
+        loop.freeze_lower_layers(model, t.trainable_layers)
         if stage.scaling.strategy == "fsdp" and stage.scaling.num_workers > 1:
             # Ray's prepare_model wraps FSDP1 as one unit and only on GPU; FSDP2 per block also runs on CPU.
             model = loop.shard_model(model, device)

@@ -23,9 +23,11 @@ from rlhf_ray import chat, models, storage
 pytestmark = pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["reward.model.name=default-rm", "reward.train.lr=3e-4", "task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8", "sft.train.epochs=1",
-         "reward.data.eval_rows=4", "reward.train.epochs=1", "generate.n=4", "generate.max_tokens=24",
-         "rs.baseline=false", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2"]
+# Lean: the synthetic-pair RM, no baseline or rule-reward chain, no greedy eval (test_front_door runs those).
+SMALL = ["reward.source=files", "reward.train.lr=3e-4", "task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8",
+         "sft.train.epochs=1", "reward.data.eval_rows=4", "reward.train.epochs=1", "generate.n=4", "generate.max_tokens=24",
+         "rs.baseline=false", "rs.rule_reward=", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2",
+         "eval.greedy=false", "eval.n_boot=1000"]
 
 
 def free_port():

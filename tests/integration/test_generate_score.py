@@ -143,3 +143,20 @@ def test_smollm2_generate_score_survive_killed_actors(ray_cluster, tmp_path, pol
     scored = read(tmp_path / "score" / "scored")
     assert len(scored) == m * n and not scored.duplicated(["prompt_id", "sample_idx"]).any()
     assert np.isfinite(scored.reward).all()
+
+
+def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
+    rows = [{"prompt_id": f"p{i}", "sample_idx": j, "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+             "completion": f"{i} + 1 = {i + 1 if j == 0 else i + 2}. The answer is {i + 1 if j == 0 else i + 2}.",
+             "answer": str(i + 1), "finish_reason": "stop"} for i in range(20) for j in range(2)]
+    (tmp_path / "candidates").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "candidates" / "part.parquet")
+    rule = config.ScoreConfig(scorer="function", function="rlhf_ray.rewards:final_number", rows_per_call=8)
+    scored = read(score_job.stage(rule, str(tmp_path / "candidates"), "", tmp_path / "score"))
+    assert len(scored) == 40 and (scored.reward == (scored.sample_idx == 0)).all()
+    assert manifest.read(tmp_path / "score")["counts"]["candidates"] == 40
+
+    # A row the function cannot judge fails the stage with the row named, not a deep traceback only.
+    pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "candidates" / "part.parquet")
+    with pytest.raises(Exception, match=r"reward function rlhf_ray.rewards:final_number failed on prompt_id 'p0'"):
+        score_job.stage(rule, str(tmp_path / "candidates"), "", tmp_path / "score")

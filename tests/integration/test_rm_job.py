@@ -38,3 +38,34 @@ def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
     assert 0.0 <= held_out["eval_auc"] <= 1.0
     assert AutoModelForTokenClassification.from_pretrained(model_dir).config.num_labels == 1
     assert torch.isfinite(torch.tensor(held_out["eval_loss"]))
+
+
+def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir, tmp_path):
+    from rlhf_ray import rewards
+
+    cfg = config.load(PipelineConfig, None, [
+        f"run_dir={tmp_path}", "task.name=arithmetic", "task.sft_rows=0", "task.rm_rows=12", "task.prompt_rows=0",
+        "task.eval_rows=0", "reward.source=policy_samples", "reward.samples.n=4", "reward.samples.pairs_per_prompt=2",
+        "reward.samples.eval_prompts=3", "generate.max_tokens=32", "generate.max_model_len=256",
+        "reward.train.epochs=1", "reward.train.max_seq_len=128", "reward.train.global_batch_size=8",
+        "reward.train.micro_batch_size=8"])
+    model_dir = train_rm.run(cfg, str(policy_dir))
+    counts = manifest.read(tmp_path / "rm_data")["counts"]
+    assert counts["prompts"] == 12 and counts["samples"] == 48 and 0 < counts["correct_fraction"] < 1
+    rows = {name: [json.loads(l) for l in (tmp_path / "rm_data" / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "eval")}
+    assert rows["train"] and len(rows["train"]) + len(rows["eval"]) <= 2 * counts["prompts_with_both"]
+    for r in rows["train"] + rows["eval"]:  # chosen: what the checker accepts; rejected: what it does not
+        answer = str(eval(r["prompt"][0]["content"].removeprefix("What is ").rstrip("?")))
+        assert rewards.final_number(r["prompt"], r["chosen"][0]["content"], {"answer": answer}) == 1.0
+        assert rewards.final_number(r["prompt"], r["rejected"][0]["content"], {"answer": answer}) == 0.0
+    eval_prompts = {r["prompt"][0]["content"] for r in rows["eval"]}
+    assert not eval_prompts & {r["prompt"][0]["content"] for r in rows["train"]}  # split by prompt
+    m = manifest.read(tmp_path / "rm")
+    assert m["counts"]["train_rows"] == len(rows["train"]) and m["counts"]["eval_rows"] == len(rows["eval"])
+    assert AutoModelForSequenceClassification.from_pretrained(model_dir).config.num_labels == 1
+
+    # The checker must say correct or incorrect: a reward model is not trained on anything else.
+    with pytest.raises(config.ConfigError, match="trains bt, margin or orm"):
+        train_rm.run(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
+                                                        "reward.objective=kwise"]))

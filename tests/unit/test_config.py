@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from rlhf_ray import config
@@ -13,9 +15,10 @@ def write(tmp_path, text):
 def test_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "run_dir: out\nsft:\n  train:\n    lr: 1.0e-4\n    epochs: 2\n")
     cfg = config.load(PipelineConfig, p, ["sft.train.epochs=3", "sft.data.train=[a.jsonl, b.jsonl]",
-                                          "policy.template=chatml"])
-    assert cfg.run_dir == "out" and cfg.sft.train.lr == 1e-4 and cfg.sft.train.epochs == 3
-    assert cfg.sft.data.train == ("a.jsonl", "b.jsonl") and cfg.policy.template == "chatml"
+                                          "policy.template=chatml"], base=tmp_path)
+    assert cfg.run_dir == str(tmp_path / "out") and cfg.sft.train.lr == 1e-4 and cfg.sft.train.epochs == 3
+    assert cfg.sft.data.train == (str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
+    assert cfg.policy.template == "chatml"
     with pytest.raises(Exception):
         cfg.run_dir = "x"  # frozen
 
@@ -62,3 +65,26 @@ def test_a_partial_section_keeps_that_sections_defaults():
     cfg = config.load(PipelineConfig, None, ["reward.train.lr=1e-4"])
     assert cfg.reward.train.lr == 1e-4 and cfg.reward.train.global_batch_size == 32   # RM default, not SFT's 256
     assert cfg.reward.model.name == "default-rm" and cfg.sft.train.global_batch_size == 256
+
+
+def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkeypatch):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(PipelineConfig, None, [
+        "run_dir=runs/tiny", "policy.name=models/mine", "reward.model.name=default-rm",
+        "generate.model_dir=Qwen/Qwen2.5-0.5B", "score.model_dir=s3://bucket/rm", "policy.template=chatml",
+        "reward.model.template=templates/my.jinja", "eval.prompts=[data/*.jsonl]", "serve.policy=sft",
+        "reward.samples.prompts=[../p.jsonl]"])
+    assert cfg.run_dir == str(tmp_path / "runs" / "tiny")
+    assert cfg.policy.name == str(tmp_path / "models" / "mine")  # a folder that exists here
+    assert cfg.reward.model.name == "default-rm" and cfg.serve.policy == "sft"  # keywords
+    assert cfg.generate.model_dir == "Qwen/Qwen2.5-0.5B"  # hub id: no such folder here
+    assert cfg.score.model_dir == "s3://bucket/rm"  # storage URIs stay
+    assert cfg.policy.template == "chatml"  # a template's name
+    assert cfg.reward.model.template == str(tmp_path / "templates" / "my.jinja")
+    assert cfg.eval.prompts == (str(tmp_path / "data" / "*.jsonl"),)
+    assert cfg.reward.samples.prompts == (str(tmp_path.parent / "p.jsonl"),)
+    # A worker or job driver elsewhere rebuilds the config from its dict: the paths stay as they are.
+    monkeypatch.chdir("/")
+    again = config.absolute_paths(config.build(PipelineConfig, config.to_dict(cfg), "dict"), Path.cwd())
+    assert again == cfg

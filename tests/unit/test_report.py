@@ -3,17 +3,22 @@ import json
 
 from rlhf_ray import report
 
-RESULTS = {"policies": {"sft": {"gold": 0.5, "proxy": 0.1}, "rs": {"gold": 0.625, "proxy": 0.3},
+CI = {"estimate": 0.125, "lo": 0.05, "hi": 0.2, "level": 0.95, "prompts": 8}
+RESULTS = {"policies": {"sft": {"gold": 0.5, "greedy_gold": 0.625, "proxy": 0.1}, "rs": {"gold": 0.625, "proxy": 0.3},
                         "random": {"gold": 0.5, "proxy": 0.2}},
-           "best_of_n": {"1": {"proxy": 0.1, "gold": 0.5, "gold_oracle": 0.5},
-                         "4": {"proxy": 0.9, "gold": 0.75, "gold_oracle": 0.875}}}
+           "best_of_n": {"1": {"proxy": 0.1, "gold": 0.5, "gold_random": 0.5, "gold_oracle": 0.5},
+                         "4": {"proxy": 0.9, "gold": 0.75, "gold_random": 0.5, "gold_oracle": 0.875, "gain_over_1": CI,
+                               "gap_closed": {"estimate": None, "lo": None, "hi": None}}},
+           "comparisons": {"rs - sft": {"gold": CI}},
+           "verdict": "The RS policy beat the SFT policy: +0.125."}
 
 
-def test_results_table_orders_sft_bon_rs_and_baseline():
+def test_tables():
     assert report.results_table(RESULTS) == [
-        ("SFT policy", "0.500", "0.100"), ("SFT, best-of-1", "0.500", "0.100"), ("SFT, best-of-4", "0.750", "0.900"),
-        ("after rejection sampling", "0.625", "0.300"), ("matched random baseline", "0.500", "0.200")]
-    assert report.results_table({"policies": {"sft": {"gold": None, "proxy": 1.0}}}) == [("SFT policy", "—", "1.000")]
+        ("SFT policy", "0.500", "0.625", "0.100"), ("after rejection sampling (RM picks)", "0.625", "—", "0.300"),
+        ("matched random baseline", "0.500", "—", "0.200")]
+    assert report.bon_table(RESULTS)[1] == ("4", "0.900", "0.750", "0.500", "0.875", "+0.125 [+0.050, +0.200]", "—")
+    assert report.comparison_table(RESULTS) == [("rs - sft", "+0.125 [+0.050, +0.200]", "—")]
 
 
 def test_report_from_a_partial_run_folder_says_what_is_missing(tmp_path):
@@ -26,4 +31,5 @@ def test_report_from_a_partial_run_folder_says_what_is_missing(tmp_path):
     assert '<img src="sft_loss.png"' in page and '<img src="bon.png"' in page
     assert (tmp_path / "sft_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "no reward-model metrics" in page and "no rejection-sampling round" in page
-    assert "<td>after rejection sampling</td><td>0.625</td>" in page
+    assert "<td>after rejection sampling (RM picks)</td><td>0.625</td>" in page
+    assert page.index("The RS policy beat the SFT policy") < page.index("sft_loss.png")  # the verdict comes first

@@ -1,0 +1,83 @@
+"""Rule-based rewards: plain functions ``(prompt_messages, completion, row) -> float``.
+
+``score.scorer: function`` with ``score.function: module:callable`` runs one of these (or a user's) in
+the scoring stage's actor pool; ``row`` holds the candidate's other columns, such as a gold ``answer``.
+They are also the gold reward of evaluation (``eval.gold``) and the checker that labels a policy's own
+samples for reward-model training (``reward.samples.checker``): rejection sampling with verifiable
+rewards (STaR, RFT, ReST) and the oracle an RM's picks are measured against.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import threading
+from typing import Callable
+
+RewardFn = Callable[[list, str, dict], float]
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in a text (GSM8K-style final-answer extraction), commas removed."""
+    found = _NUMBER.findall(text.replace(",", ""))
+    return found[-1] if found else None
+
+
+def final_number(prompt: list, completion: str, row: dict) -> float:
+    """1.0 when the completion's last number equals ``row["answer"]``, else 0.0 (the arithmetic task's
+    gold reward)."""
+    got, want = last_number(completion), str(_answer(row)).replace(",", "")
+    try:
+        return float(got is not None and float(got) == float(want))
+    except ValueError:
+        return 0.0
+
+
+def math_answer(prompt: list, completion: str, row: dict) -> float:
+    """1.0 when the completion's final answer is mathematically equal to ``row["answer"]`` (GSM8K numbers,
+    MATH LaTeX such as ``\\frac{1}{2}``), by Hugging Face's ``math-verify``, else 0.0."""
+    from math_verify import parse, verify
+
+    gold = str(_answer(row))
+    if "$" not in gold and "\\boxed" not in gold:
+        gold = f"${gold}$"  # a bare LaTeX answer, as MATH stores them
+    # math-verify times out with signal.alarm, which only the main thread may use: actor threads run
+    # without it (completions are bounded by max_tokens).
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        return float(verify(parse(gold, parsing_timeout=timeout), parse(completion, parsing_timeout=timeout),
+                            timeout_seconds=timeout))
+    except Exception:  # noqa: BLE001 - an answer math-verify cannot read is not a correct one
+        return 0.0
+
+
+def _answer(row: dict):
+    if row.get("answer") is None:
+        raise ValueError("this reward needs an 'answer' column in the prompt rows (the gold answer)")
+    return row["answer"]
+
+
+def source_file(spec: str) -> str:
+    """The file that defines the function ``spec`` names (its content decides whether scores are stale)."""
+    try:
+        return inspect.getsourcefile(load(spec)) or ""
+    except TypeError:  # a built-in: no file to watch
+        return ""
+
+
+def load(spec: str) -> RewardFn:
+    """``module:callable`` → the function; errors name the spec."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"reward function {spec!r}: expected module:callable, e.g. rlhf_ray.rewards:final_number")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise ValueError(f"reward function {spec!r}: cannot import {module}: {e}") from None
+    except AttributeError:
+        raise ValueError(f"reward function {spec!r}: {module} has no {name}") from None
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r} is not callable")
+    return fn

@@ -1,0 +1,55 @@
+"""The front door as a user meets it: the pipeline job with the tiny config's *relative* run folder,
+started from the repository root, then `make run`'s exact command line in CI's conditions on the same
+run folder (every stage is up to date, so it resumes to the report). Small overrides keep it short."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["task.sft_rows=16", "task.rm_rows=8", "task.prompt_rows=8", "task.eval_rows=8", "sft.train.epochs=1",
+         "reward.samples.n=4", "reward.samples.eval_prompts=2", "reward.train.epochs=1", "generate.n=4",
+         "generate.max_tokens=24", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2",
+         "eval.n_boot=1000"]
+
+
+@pytest.fixture
+def relative_run_dir():
+    name = f"runs/pytest-front-door-{uuid.uuid4().hex[:8]}"
+    yield name
+    shutil.rmtree(REPO / name, ignore_errors=True)
+
+
+def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_run_dir):
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's cluster
+    job = subprocess.run([sys.executable, "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}",
+                          *SMALL], cwd=REPO, env=env, capture_output=True, text=True, timeout=1100)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-5000:]
+    root = REPO / relative_run_dir
+    results = json.loads((root / "eval" / "results.json").read_text())
+    assert set(results["policies"]) == {"sft", "rs", "random", "rs_rule"}
+    assert all("greedy_gold" in p and p["prompts"] == 8 for p in results["policies"].values())
+    d = results["comparisons"]["rs - sft"]["gold"]
+    assert d["lo"] <= d["estimate"] <= d["hi"] and d["prompts"] == 8
+    assert results["verdict"].startswith("The RS policy")
+    rm_data = json.loads((root / "rm_data" / "manifest.json").read_text())["counts"]
+    assert rm_data["samples"] == 32 and rm_data["train_rows"] > 0
+    page = (root / "report.html").read_text()
+    assert "sft_loss.png" in page and "no SFT metrics" not in page and "gap closed" in page
+
+    # `make run` as the README writes it, with CI's environment (no RAY_ADDRESS: it starts its own Ray).
+    ci_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ci_env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_AUTH_MODE="disabled")
+    config = " ".join(["jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}", *SMALL])
+    make = subprocess.run(["make", "run", f"CONFIG={config}"], cwd=REPO, env=ci_env, capture_output=True, text=True,
+                          timeout=900)
+    assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-5000:]
+    assert f"{root / 'rm'} is up to date" in make.stdout and "[pipeline] report:" in make.stdout

@@ -1,0 +1,47 @@
+"""Rule-based rewards: the arithmetic checker, the GSM8K/MATH checker, and loading by module:callable."""
+import pytest
+
+from rlhf_ray import rewards, selection
+
+Q = [{"role": "user", "content": "What is 12 + 30?"}]
+
+
+def test_final_number_checks_the_last_number():
+    assert rewards.final_number(Q, "12 + 30 = 42. The answer is 42.", {"answer": "42"}) == 1.0
+    assert rewards.final_number(Q, "The answer is 42, not 41.", {"answer": "42"}) == 0.0  # the last number counts
+    assert rewards.final_number(Q, "I do not know.", {"answer": "42"}) == 0.0
+    assert rewards.final_number(Q, "It is 1,042.", {"answer": "1042"}) == 1.0
+    assert rewards.final_number(Q, "-5", {"answer": "-5"}) == 1.0
+    with pytest.raises(ValueError, match="needs an 'answer' column"):
+        rewards.final_number(Q, "42", {})
+
+
+def test_math_answer_compares_mathematically():
+    assert rewards.math_answer(Q, "So the total is $\\boxed{\\frac{1}{2}}$.", {"answer": "\\frac{1}{2}"}) == 1.0
+    assert rewards.math_answer(Q, "The answer is 0.5", {"answer": "\\frac{1}{2}"}) == 1.0
+    assert rewards.math_answer(Q, "She pays 18 dollars in total. #### 18", {"answer": "18"}) == 1.0
+    assert rewards.math_answer(Q, "The answer is $\\boxed{3}$", {"answer": "\\frac{1}{2}"}) == 0.0
+    assert rewards.math_answer(Q, "no idea", {"answer": "7"}) == 0.0
+
+
+def test_load_names_what_is_wrong():
+    assert rewards.load("rlhf_ray.rewards:final_number") is rewards.final_number
+    with pytest.raises(ValueError, match="expected module:callable"):
+        rewards.load("rlhf_ray.rewards.final_number")
+    with pytest.raises(ValueError, match="cannot import no_such_module"):
+        rewards.load("no_such_module:f")
+    with pytest.raises(ValueError, match="has no nope"):
+        rewards.load("rlhf_ray.rewards:nope")
+    assert rewards.source_file("rlhf_ray.rewards:final_number").endswith("rlhf_ray/rewards.py")
+
+
+def test_correct_incorrect_pairs():
+    nan = float("nan")
+    labels = [[1, 0, 0, 1], [1, 1, nan, 1], [0, 0, 1, nan]]
+    pairs = selection.correct_incorrect_pairs(labels, max_pairs=3, seed=0)
+    first = [p for p in pairs if p[0] == 0]
+    assert len(first) == 3 and len(set(first)) == 3  # distinct, of the 4 combinations
+    assert all(labels[0][c] == 1 and labels[0][w] == 0 for _, c, w in first)
+    assert not [p for p in pairs if p[0] == 1]  # no incorrect answer: no pair
+    assert [p for p in pairs if p[0] == 2] == [(2, 2, 0), (2, 2, 1)]  # only two combinations
+    assert pairs == selection.correct_incorrect_pairs(labels, max_pairs=3, seed=0)  # seeded
