@@ -54,9 +54,10 @@ def math_answer(prompt: list, completion: str, row: dict) -> float:
 
 
 def _answer(row: dict):
-    if row.get("answer") is None:
+    a = row.get("answer")
+    if a is None or a != a:  # a != a: NaN, how pandas batches carry a null answer
         raise ValueError("this reward needs an 'answer' column in the prompt rows (the gold answer)")
-    return row["answer"]
+    return a
 
 
 def source_file(spec: str) -> str:

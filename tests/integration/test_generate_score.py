@@ -157,6 +157,7 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
     assert manifest.read(tmp_path / "score")["counts"]["candidates"] == 40
 
     # A row the function cannot judge fails the stage with the row named, not a deep traceback only.
-    pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "candidates" / "part.parquet")
+    (tmp_path / "bad").mkdir()
+    pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "bad" / "part.parquet")
     with pytest.raises(Exception, match=r"reward function rlhf_ray.rewards:final_number failed on prompt_id 'p0'"):
-        score_job.stage(rule, str(tmp_path / "candidates"), "", tmp_path / "score")
+        score_job.stage(rule, str(tmp_path / "bad"), "", tmp_path / "score_bad")
