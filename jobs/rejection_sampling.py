@@ -68,16 +68,14 @@ def select(cfg: PipelineConfig, scored: Path, out: Path, min_reward: float | Non
               "reward_mean_all": float(np.nanmean(r)), "reward_mean_kept": _mean(rows(kept), "reward"),
               "reward_mean_random": _mean(rows(rand), "reward")}
     if "answer" in df:
-        counts.update(gold_mean_all=float(np.mean([_gold(cfg, x) for _, x in df.iterrows()])),
-                      gold_mean_kept=float(np.mean([_gold(cfg, x) for x in rows(kept)] or [np.nan])),
-                      gold_mean_random=float(np.mean([_gold(cfg, x) for x in rows(rand)] or [np.nan])))
+        gold_fn = rewards.load(cfg.eval.gold)  # once, not per row
+        gold = lambda x: gold_fn(list(x.prompt), x.completion, x.to_dict())  # noqa: E731
+        counts.update(gold_mean_all=float(np.mean([gold(x) for _, x in df.iterrows()])),
+                      gold_mean_kept=float(np.mean([gold(x) for x in rows(kept)] or [np.nan])),
+                      gold_mean_random=float(np.mean([gold(x) for x in rows(rand)] or [np.nan])))
     manifest.write(out, "select", config.to_dict(cfg.rs), chash, inputs, counts)
     print(f"[select] {out}: {counts}")
     return paths
-
-
-def _gold(cfg: PipelineConfig, row) -> float:
-    return rewards.load(cfg.eval.gold)(list(row.prompt), row.completion, row.to_dict())
 
 
 def _mean(rows, key: str) -> float:
