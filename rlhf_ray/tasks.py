@@ -10,15 +10,15 @@ import random
 from pathlib import Path
 
 
-def problem(rng: random.Random) -> tuple[str, int]:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+def problem(rng: random.Random, operands: tuple[int, int] = (10, 99)) -> tuple[str, int]:
+    a, b = rng.randint(*operands), rng.randint(*operands)
     op = rng.choice("+-")
     return f"What is {a} {op} {b}?", a + b if op == "+" else a - b
 
 
 def solution(question: str, answer: int) -> str:
-    expr = question.removeprefix("What is ").rstrip("?")
-    return f"{expr} = {answer}. The answer is {answer}."
+    # Short on purpose: every generated token costs ~7 ms on 2 CPU cores, and the gold reward reads the last number.
+    return f"{question.removeprefix('What is ').rstrip('?')} = {answer}."
 
 
 def wrong_solution(question: str, answer: int, rng: random.Random) -> str:
@@ -30,7 +30,7 @@ def wrong_solution(question: str, answer: int, rng: random.Random) -> str:
 
 
 def write_arithmetic(out_dir: str | Path, sft_rows: int, prompt_rows: int, seed: int, eval_rows: int = 0,
-                     rm_rows: int | None = None) -> dict[str, str]:
+                     rm_rows: int | None = None, operands: tuple[int, int] = (10, 99)) -> dict[str, str]:
     """jsonl files, each on its own problems: SFT conversations; reward-model problems (``rm_rows``,
     default ``sft_rows``) as synthetic preference pairs and as prompts with gold answers (for labelled
     policy samples); prompts for rejection sampling and held-out eval prompts (with gold answers)."""
@@ -39,9 +39,13 @@ def write_arithmetic(out_dir: str | Path, sft_rows: int, prompt_rows: int, seed:
     rng = random.Random(seed)
     rm_rows = sft_rows if rm_rows is None else rm_rows
     sizes = {"sft": sft_rows, "rm": rm_rows, "prompts": prompt_rows, "eval": eval_rows}
+    lo, hi = operands
+    if not 0 <= lo <= hi or sum(sizes.values()) > 2 * (hi - lo + 1) ** 2:
+        raise ValueError(f"task.operands={list(operands)}: need 0 <= low <= high and at least "
+                         f"{sum(sizes.values())} distinct problems (there are {2 * (hi - lo + 1) ** 2})")
     seen, items = set(), []
     while len(items) < sum(sizes.values()):
-        q, a = problem(rng)
+        q, a = problem(rng, operands)
         if q not in seen:
             seen.add(q)
             items.append((q, a))
@@ -71,4 +75,4 @@ def task_files(task, run_dir: str | Path) -> dict[str, str]:
     if task.name != "arithmetic":
         raise ValueError(f"no generated task is configured (task.name={task.name!r})")
     return write_arithmetic(Path(run_dir) / "data", task.sft_rows, task.prompt_rows, task.seed, task.eval_rows,
-                            task.rm_rows or task.sft_rows)
+                            task.rm_rows or task.sft_rows, tuple(task.operands))

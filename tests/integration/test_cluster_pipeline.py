@@ -154,7 +154,7 @@ def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scor
     assert json.loads(storage.read_text(generated))["finished_at"] == generated_at
     results = json.loads(storage.read_text(f"{run}/eval/results.json"))
     assert set(results["policies"]) == {"sft", "rs"} and set(results["best_of_n"]) == {"1", "2", "4"}
-    assert "best-of-4" in storage.read_text(f"{run}/report.html")
+    assert "<tr><td>4</td>" in storage.read_text(f"{run}/report.html")  # the best-of-N table's N=4 row
     # Actors and Train workers on the worker node read the run's models from storage, into its own cache.
     fetched = {json.loads((d / ".listing.json").read_text())["uri"]
                for d in (tmp_path / "worker_cache" / "fetched").iterdir()}

@@ -45,13 +45,13 @@ def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir
 
     cfg = config.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "task.name=arithmetic", "task.sft_rows=0", "task.rm_rows=12", "task.prompt_rows=0",
-        "task.eval_rows=0", "reward.source=policy_samples", "reward.samples.n=4", "reward.samples.pairs_per_prompt=2",
+        "task.eval_rows=0", "task.operands=[1,9]", "reward.source=policy_samples", "reward.samples.n=8", "reward.samples.pairs_per_prompt=2",
         "reward.samples.eval_prompts=3", "generate.max_tokens=32", "generate.max_model_len=256",
         "reward.train.epochs=1", "reward.train.max_seq_len=128", "reward.train.global_batch_size=8",
         "reward.train.micro_batch_size=8"])
     model_dir = train_rm.run(cfg, str(policy_dir))
     counts = manifest.read(tmp_path / "rm_data")["counts"]
-    assert counts["prompts"] == 12 and counts["samples"] == 48 and 0 < counts["correct_fraction"] < 1
+    assert counts["prompts"] == 12 and counts["samples"] == 96 and 0 < counts["correct_fraction"] < 1
     rows = {name: [json.loads(l) for l in (tmp_path / "rm_data" / f"{name}.jsonl").read_text().splitlines()]
             for name in ("train", "eval")}
     assert rows["train"] and len(rows["train"]) + len(rows["eval"]) <= 2 * counts["prompts_with_both"]

@@ -30,3 +30,13 @@ def test_prompt_ids_name_as_much_of_the_path_as_tells_same_named_files_apart(pol
     sources = {"/data/prompts.jsonl": "data/prompts.jsonl", "/extra/prompts.jsonl": "extra/prompts.jsonl"}
     out = generate.tokenize_prompt(ROW, str(policy_dir), None, 100, sources)
     assert out["prompt_id"] == "data/prompts.jsonl:7"
+
+
+def test_auto_dtype_is_float32_on_a_cpu_without_amx(tmp_path):
+    without, with_amx = tmp_path / "without", tmp_path / "with"
+    without.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    with_amx.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert generate.cpu_dtype("auto", str(without)) == "float32"
+    assert generate.cpu_dtype("auto", str(with_amx)) == "auto"  # vLLM takes the checkpoint's dtype
+    assert generate.cpu_dtype("bfloat16", str(without)) == "bfloat16"  # an explicit choice is kept
+    assert generate.cpu_dtype("auto", str(tmp_path / "missing")) == "auto"

@@ -62,3 +62,15 @@ def test_duplicates_and_truncated_completions_are_not_kept(tmp_path):
     paths = rejection_sampling.select(cfg, scored(tmp_path, completions=completions, finish=finish), tmp_path / "select")
     texts = [t for _, t in kept(paths["kept"])]
     assert texts.count("same") == 1 and "c20" not in texts and len(texts) == 18
+
+
+def test_the_random_baseline_draws_repeated_answers_as_often_as_the_policy_samples_them(tmp_path):
+    # Each prompt's samples: the same answer three times, another once. A random pick that skipped
+    # repeats would take each half the time; the policy gives the repeated one 3 times in 4.
+    rewards = [[.1, .2, .3, .4]] * 200
+    completions = [["= 5."] * 3 + ["= 6."]] * 200
+    cfg = config.load(PipelineConfig, None, [])
+    paths = rejection_sampling.select(cfg, scored(tmp_path, rewards, completions), tmp_path / "select")
+    picks = [t for _, t in kept(paths["random"])]
+    assert len(picks) == 200 and 0.65 < picks.count("= 5.") / 200 < 0.85
+    assert manifest.read(tmp_path / "select")["counts"]["usable"] == 800
