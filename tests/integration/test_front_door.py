@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 # Single-digit problems: the barely tuned policy (one SFT step) still answers some right and some wrong,
-# which the labelled-sample reward model needs (two-digit sums gave it no correct answer at all).
+# which the labelled-sample reward model needs (two-digit sums gave it no correct answer at all). Lean:
+# no random baseline, rule-reward chain or greedy eval (each a Ray stage; unit and job tests cover them).
 SMALL = ["task.sft_rows=16", "task.rm_rows=8", "task.prompt_rows=8", "task.eval_rows=8", "task.operands=[1,9]",
-         "sft.train.epochs=1", "reward.samples.n=8", "reward.samples.eval_prompts=2", "reward.train.epochs=1", "generate.n=4",
-         "generate.max_tokens=24", "rs.train.epochs=1", "eval.bon_n=[1,2,4]", "eval.policy_samples=2",
-         "eval.n_boot=1000"]
+         "sft.train.epochs=1", "reward.samples.n=8", "reward.samples.eval_prompts=2", "reward.train.epochs=1",
+         "generate.n=4", "generate.max_tokens=16", "rs.baseline=false", "rs.rule_reward=", "rs.train.epochs=1",
+         "eval.bon_n=[1,2,4]", "eval.policy_samples=2", "eval.greedy=false", "eval.n_boot=1000"]
 
 
 @pytest.fixture
@@ -33,12 +34,11 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's cluster
     job = subprocess.run([sys.executable, "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}",
-                          *SMALL], cwd=REPO, env=env, capture_output=True, text=True, timeout=1100)
+                          *SMALL], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-5000:]
     root = REPO / relative_run_dir
     results = json.loads((root / "eval" / "results.json").read_text())
-    assert set(results["policies"]) == {"sft", "rs", "random", "rs_rule"}
-    assert all("greedy_gold" in p and p["prompts"] == 8 for p in results["policies"].values())
+    assert set(results["policies"]) == {"sft", "rs"} and all(p["prompts"] == 8 for p in results["policies"].values())
     d = results["comparisons"]["rs - sft"]["gold"]
     assert d["lo"] <= d["estimate"] <= d["hi"] and d["prompts"] == 8
     assert results["verdict"].startswith("The RS policy")
@@ -52,6 +52,6 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     ci_env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_AUTH_MODE="disabled")
     config = " ".join(["jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}", *SMALL])
     make = subprocess.run(["make", "run", f"CONFIG={config}"], cwd=REPO, env=ci_env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=500)
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-5000:]
     assert f"{root / 'rm'} is up to date" in make.stdout and "[pipeline] report:" in make.stdout
