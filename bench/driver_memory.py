@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT))
 CHILD = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
-from jobs import generate as g
+from rlhf_ray.stages import generation
 from rlhf_ray import config
 from rlhf_ray.config import PipelineConfig
 cfg = config.load(PipelineConfig, None, {overrides!r})
 start = time.perf_counter()
-g.run(cfg)
+generation.run(cfg)
 print("RESULT", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - start)
 """
 

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rlhf_ray import generate, models, tasks  # noqa: E402
+from rlhf_ray.config import GenerateConfig  # noqa: E402
 
 
 def prompt_rows(count: int) -> list[dict]:
@@ -40,8 +41,11 @@ def ray_pipeline(rows, sampling, args) -> dict:
     keep = ("prompt_id", "prompt", "prompt_token_ids")
     ds = ray.data.from_items([{k: r[k] for k in keep} for r in rows], override_num_blocks=max(1, len(rows) // args.rows_per_call))
     start = time.perf_counter()
-    out = generate.generate_dataset(ds, "default", None, sampling, 1024, rows_per_call=args.rows_per_call,
-                                   cpus_per_actor=args.cpus_per_actor, calls_per_actor=args.calls_per_actor).materialize()
+    g = GenerateConfig(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                       max_tokens=sampling.max_tokens, seed=sampling.seed, max_model_len=1024,
+                       rows_per_call=args.rows_per_call, cpus_per_actor=args.cpus_per_actor,
+                       calls_per_actor=args.calls_per_actor)
+    out = generate.generate_dataset(ds, "default", g).materialize()
     secs = time.perf_counter() - start
     tokens = int(out.sum("num_completion_tokens"))
     ray.shutdown()

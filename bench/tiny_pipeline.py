@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs import pipeline, score as score_job, train_rm  # noqa: E402
+from rlhf_ray.stages import pipeline, reward_model, scoring  # noqa: E402
 from rlhf_ray import config, evaluation, manifest, rewards, selection  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
@@ -35,8 +35,8 @@ def synthetic_rm(cfg: PipelineConfig, candidates: Path) -> dict:
     other = dataclasses.replace(cfg, run_dir=str(Path(cfg.run_dir) / "compare_synthetic_rm"),
                                 reward=dataclasses.replace(cfg.reward, source="files",
                                                            data=dataclasses.replace(cfg.reward.data, eval_rows=32)))
-    model_dir = train_rm.run(other, str(Path(cfg.run_dir) / "sft" / "model"))
-    scored = score_job.stage(cfg.score, str(candidates), str(model_dir), Path(other.run_dir) / "score")
+    model_dir = reward_model.run(other, str(Path(cfg.run_dir) / "sft" / "model"))
+    scored = scoring.score(cfg.score, str(candidates), str(model_dir), Path(other.run_dir) / "score")
     df = pd.read_parquet(scored)
     n = max(cfg.eval.bon_n)
     _, proxy = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward, n)

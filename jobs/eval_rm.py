@@ -5,90 +5,10 @@ the AlpacaEval candidates, and ORM AUC.
 
 Writes RUN_DIR/eval_rm/report.json and manifest.json.
 """
-from __future__ import annotations
-
-import json
 import sys
-from pathlib import Path
 
-from rlhf_ray import cluster, config, job, data, evaluation, manifest, storage
-from rlhf_ray.config import PipelineConfig
-
-
-def _last(items: list, n: int) -> list:
-    return items[-n:] if n else items
-
-
-def pair_items(e) -> tuple[list[dict], list[str]]:
-    rows = [r for f in data.expand_paths(e.pairs) for r in _tagged(f, "pairwise", e.pairs_adapter)]
-    rows = _last(rows, e.pairs_limit)
-    items = [{"key": f"{i}:{side}", "prompt": r["prompt"], "completion": r[side]}
-             for i, r in enumerate(rows) for side in ("chosen", "rejected")]
-    return items, [r["subset"] for r in rows]
-
-
-def _tagged(path: str, kind: str, adapter: str | None):
-    for r in data.read_records([path], kind, adapter):
-        yield {**r, "subset": r.get("subset") or Path(path).name.split(".")[0]}
-
-
-def bon_items(e) -> tuple[list[dict], list[list[float]]]:
-    n_max, items, gold = max(e.bon_n), [], []
-    records = [raw for line, raw, problem in data.iter_raw(e.bon_file) if problem is None]
-    for i, rec in enumerate(records[: e.bon_limit or None]):
-        prompt = [{"role": "user", "content": rec["instruction"]}]
-        gold.append(rec["gpt4t_pref_vs_ref"][:n_max])
-        items += [{"key": f"{i}:{j}", "prompt": prompt, "completion": c}
-                  for j, c in enumerate(rec["candidates"][:n_max])]
-    return items, gold
-
-
-def orm_items(e) -> tuple[list[dict], list[int]]:
-    rows = _last(list(data.read_records(data.expand_paths(e.orm), "orm", e.orm_adapter)), e.orm_limit)
-    items = [{"key": str(i), "prompt": r["prompt"], "completion": r["completion"]}
-             for i, r in enumerate(rows)]
-    return items, [int(r["label"]) for r in rows]
-
-
-def score(items: list[dict], model_dir: str, e) -> dict[str, float]:
-    import ray.data
-
-    from rlhf_ray.score import score_dataset
-
-    ds = score_dataset(ray.data.from_items(items), model_dir, e.template, e.max_len, e.batch_size,
-                       (1, e.actors), threads=e.threads)
-    return {r["key"]: float(r["reward"]) for r in ds.select_columns(["key", "reward"]).iter_rows()}
-
-
-def run(cfg: PipelineConfig) -> dict:
-    e, out = cfg.eval_rm, Path(cfg.run_dir) / "eval_rm"
-    model_dir = storage.shared(e.model_dir or Path(cfg.run_dir) / "rm" / "model")  # scorer actors on any node
-    cluster.connect()
-    report: dict = {"model_dir": model_dir}
-    if e.pairs:
-        items, subsets = pair_items(e)
-        s = score(items, model_dir, e)
-        n = len(subsets)
-        report["pairwise"] = evaluation.pairwise_by_subset(
-            subsets, [s[f"{i}:chosen"] for i in range(n)], [s[f"{i}:rejected"] for i in range(n)])
-    if e.bon_file:
-        items, gold = bon_items(e)
-        s = score(items, model_dir, e)
-        rewards = [[s[f"{i}:{j}"] for j in range(len(g))] for i, g in enumerate(gold)]
-        report["best_of_n"] = evaluation.best_of_n_protocol(rewards, gold, e.bon_n)
-    if e.orm:
-        from rlhf_ray.train.reward import auc
-
-        items, labels = orm_items(e)
-        s = score(items, model_dir, e)
-        report["orm_auc"] = auc([s[str(i)] for i in range(len(labels))], labels)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    inputs = manifest.fingerprint([*e.pairs, *([e.bon_file] if e.bon_file else []), *e.orm])
-    manifest.write(out, "eval_rm", config.to_dict(cfg), config.config_hash({"eval_rm": e}), inputs, {})
-    print(json.dumps(report, indent=2))
-    return report
-
+from rlhf_ray import job
+from rlhf_ray.stages import rm_eval
 
 if __name__ == "__main__":
-    sys.exit(job.main("eval_rm", __doc__, run, sys.argv[1:]))
+    sys.exit(job.main("eval_rm", __doc__, rm_eval.run, sys.argv[1:]))

@@ -8,91 +8,10 @@ num_prompt_tokens, num_completion_tokens, finish_reason, plus the prompt rows' o
 a gold answer), quarantine.jsonl (bad or too-long prompts) and manifest.json. A finished stage with the
 same config, model and prompts is skipped.
 """
-from __future__ import annotations
-
-import math
 import sys
-import time
-from pathlib import Path
 
-from rlhf_ray import cluster, config, data, job, manifest, models, storage, tasks
-from rlhf_ray.config import GenerateConfig, PipelineConfig
-
-
-def prompt_files(cfg: PipelineConfig) -> list[str]:
-    if cfg.generate.prompts:
-        return data.expand_paths(cfg.generate.prompts)
-    if cfg.task.name == "arithmetic":
-        return [tasks.task_files(cfg.task, cfg.run_dir)["prompts"]]
-    raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
-
-
-def stage(g: GenerateConfig, template: str | None, model_dir: str, prompts: list[str], out: Path) -> Path:
-    """prompts → out/candidates (M×N rows) sampled as section ``g`` says, with the policy's chat
-    ``template``; skipped when out's manifest matches."""
-    from rlhf_ray import generate
-
-    model_dir = storage.shared(model_dir)  # vLLM actors on any node load it
-    inputs = manifest.fingerprint([*prompts, models.locate(model_dir)])
-    section = {"generate": g, "template": template}
-    chash = config.config_hash(section)
-    if manifest.up_to_date(out, chash, inputs):
-        print(f"[generate] {out} is up to date (config {chash}); skipping")
-        return out / "candidates"
-    out.mkdir(parents=True, exist_ok=True)
-    quarantine = out / "quarantine.jsonl"
-    storage.remove(quarantine)
-
-    cluster.connect()
-    rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)
-    if g.limit:
-        rows = rows.limit(g.limit)
-    sources = data.source_names(storage.uri(f) or f for f in prompts)  # keyed as read_dataset names them
-    tagged = rows.map(generate.tokenize_prompt, fn_kwargs={"model": model_dir, "template": template,
-                                                           "max_prompt_tokens": g.max_model_len - g.max_tokens,
-                                                           "sources": sources})
-    good, too_long = data.split_bad_rows(tagged, g.on_bad_rows, quarantine)
-    m = good.count()
-    # One block per actor call, so that the pool streams and a lost actor costs one call's retry.
-    good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
-    sampling = generate.Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
-    candidates = generate.generate_dataset(
-        good, model_dir, template, sampling, g.max_model_len, tuple(g.actors), g.rows_per_call,
-        g.cpus_per_actor, g.gpus_per_actor, g.tensor_parallel, g.dtype, g.kv_cache_gb, g.calls_per_actor, g.threads)
-    target = out / "candidates"
-    storage.remove(target)
-    start = time.perf_counter()
-    candidates.write_parquet(storage.shared(target))  # written by the actors' nodes, into storage if remote
-    seconds = time.perf_counter() - start
-
-    written = check_accounting(target, m * g.n)
-    tokens = int(written.sum("num_completion_tokens") or 0)
-    counts = {"candidates": m * g.n, "prompts": m, "quarantined": bad + too_long, "completion_tokens": tokens,
-              "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
-    manifest.write(out, "generate", {"generate": config.to_dict(g), "template": template}, chash, inputs, counts, model_dir=model_dir)
-    print(f"[generate] wrote {target}: {counts}")
-    return target
-
-
-def check_accounting(path: Path, expected: int):
-    """The written candidates as a dataset, after checking that there are ``expected`` rows and each
-    (prompt_id, sample_idx) once; raises when a row was lost or repeated."""
-    import ray.data
-
-    ds = ray.data.read_parquet(storage.shared(path))
-    rows = ds.count()
-    unique = ds.groupby(["prompt_id", "sample_idx"]).count().count() if rows else 0
-    if rows != expected or unique != rows:
-        raise RuntimeError(f"{path}: {rows} rows ({unique} distinct (prompt_id, sample_idx)), expected {expected}: "
-                           "rows lost or repeated")
-    storage.pull(path)  # the driver's own copy, for the stages that read it with pandas
-    return ds
-
-
-def run(cfg: PipelineConfig) -> Path:
-    model_dir = cfg.generate.model_dir or str(Path(cfg.run_dir) / "sft" / "model")
-    return stage(cfg.generate, cfg.policy.template, model_dir, prompt_files(cfg), Path(cfg.run_dir) / "generate")
-
+from rlhf_ray import job
+from rlhf_ray.stages import generation
 
 if __name__ == "__main__":
-    sys.exit(job.main("generate", __doc__, run, sys.argv[1:]))
+    sys.exit(job.main("generate", __doc__, generation.run, sys.argv[1:]))

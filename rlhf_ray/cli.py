@@ -8,19 +8,13 @@ from itertools import islice
 from rlhf_ray import chat, data, models
 
 
-def _load_tokenizer(args):
-    tokenizer = models.load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    chat.add_template_tokens(tokenizer, args.template)
-    return tokenizer
-
-
 def _conversations(args):
     rows = data.read_records([args.file], "sft", args.adapter)
     return [r["messages"] for r in islice(rows, args.limit)]
 
 
 def show_mask(args) -> int:
-    tokenizer = _load_tokenizer(args)
+    tokenizer = models.chat_tokenizer(args.model, args.template, args.trust_remote_code)
     color = sys.stdout.isatty() and not args.no_color
     for n, messages in enumerate(_conversations(args)):
         rendered = chat.render(messages, tokenizer, args.mask, args.template)
@@ -32,7 +26,7 @@ def show_mask(args) -> int:
 
 
 def doctor(args) -> int:
-    tokenizer = _load_tokenizer(args)
+    tokenizer = models.chat_tokenizer(args.model, args.template, args.trust_remote_code)
     report = chat.doctor(_conversations(args), tokenizer, args.template, args.mask, args.max_seq_len)
     print(report.summary())
     return 0 if report.ok else 1

@@ -87,3 +87,13 @@ def verdict(diff: dict, better: str, worse: str, metric: str = "gold") -> str:
     if hi < 0:
         return f"{better} was worse than {worse}: {interval}."
     return f"{better} did not measurably differ from {worse}: {interval}; the interval includes 0."
+
+
+def auc(scores_: list[float], labels: list[int]) -> float:
+    """Probability that a random positive outscores a random negative (ties half)."""
+    pos = [s for s, y in zip(scores_, labels) if y]
+    neg = [s for s, y in zip(scores_, labels) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))

@@ -44,7 +44,7 @@ def prompt_id(file: str, line: int, sources: dict[str, str] | None = None) -> st
 def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_tokens: int,
                     sources: dict[str, str] | None = None) -> dict:
     """Prompt row → ``prompt_token_ids``; a prompt that leaves no room for the completion is tagged bad."""
-    tok = _tokenizer(model, template)
+    tok = models.chat_tokenizer(model, template)
     try:
         ids = chat.render_prompt(list(row["prompt"]), tok, template)
         reason = f"{len(ids)} prompt tokens; the model's context leaves room for {max_prompt_tokens}" \
@@ -54,18 +54,6 @@ def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_toke
     bad = reason is not None
     return {**row, "prompt_id": prompt_id(row["_file"], row["_line"], sources), "prompt_token_ids": ids,
             "file": row["_file"], "line": row["_line"], "field": "prompt" if bad else None, "reason": reason}
-
-
-_TOKENIZERS: dict = {}
-
-
-def _tokenizer(model: str, template: str | None):
-    key = (model, template)
-    if key not in _TOKENIZERS:
-        tok = models.load_tokenizer(models.resolve(model))
-        chat.add_template_tokens(tok, template)
-        _TOKENIZERS[key] = tok
-    return _TOKENIZERS[key]
 
 
 def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int = 2048, tensor_parallel: int = 1,
@@ -231,21 +219,20 @@ def _messages(prompt) -> list[dict]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
-def generate_dataset(prompts, model: str, template: str | None, sampling: Sampling, max_model_len: int,
-                     actors: tuple[int, int] = (1, 1), rows_per_call: int = 16, cpus_per_actor: float = 1,
-                     gpus_per_actor: float = 0, tensor_parallel: int = 1, dtype: str = "auto",
-                     kv_cache_gb: int = 1, calls_per_actor: int = 4, threads: int = 0):
-    """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows."""
+def generate_dataset(prompts, model: str, g):
+    """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows,
+    sampled and pooled as the ``generate`` section ``g`` (a ``config.GenerateConfig``) says."""
     from dataclasses import asdict
 
     from ray.data import ActorPoolStrategy
 
+    sampling = Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
     return prompts.map_batches(
-        VLLMGenerator, batch_size=rows_per_call, batch_format="numpy",
-        fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": max_model_len,
-                               "dtype": dtype, "tensor_parallel": tensor_parallel, "kv_cache_gb": kv_cache_gb,
-                               "threads": threads},
-        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1], enable_true_multi_threading=True,
-                                  max_concurrent_calls_per_actor=calls_per_actor,
-                                  max_tasks_in_flight_per_actor=2 * calls_per_actor),
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor * tensor_parallel)
+        VLLMGenerator, batch_size=g.rows_per_call, batch_format="numpy",
+        fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": g.max_model_len,
+                               "dtype": g.dtype, "tensor_parallel": g.tensor_parallel, "kv_cache_gb": g.kv_cache_gb,
+                               "threads": g.threads},
+        compute=ActorPoolStrategy(min_size=g.actors[0], max_size=g.actors[1], enable_true_multi_threading=True,
+                                  max_concurrent_calls_per_actor=g.calls_per_actor,
+                                  max_tasks_in_flight_per_actor=2 * g.calls_per_actor),
+        num_cpus=g.cpus_per_actor, num_gpus=g.gpus_per_actor * g.tensor_parallel)

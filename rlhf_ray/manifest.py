@@ -1,11 +1,14 @@
 """Artifact manifests: config, its hash, inputs, package version and row counts; resume checks."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from rlhf_ray import config
 
 MANIFEST = "manifest.json"
 
@@ -62,3 +65,33 @@ def read(out_dir: str | Path) -> dict | None:
 def up_to_date(out_dir: str | Path, config_hash: str, inputs: dict) -> bool:
     m = read(out_dir)
     return m is not None and m["config_hash"] == config_hash and m["inputs"] == inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage's resume bookkeeping: the config ``section`` it receives (hashed and recorded whole, so
+    what decides "up to date" is exactly what the stage was given) and the fingerprints of its inputs."""
+    name: str
+    out: Path
+    section: dict
+    inputs: dict
+
+    @property
+    def config_hash(self) -> str:
+        return config.config_hash(self.section)
+
+    def up_to_date(self) -> bool:
+        if not up_to_date(self.out, self.config_hash, self.inputs):
+            return False
+        print(f"[{self.name}] {self.out} is up to date (config {self.config_hash}); skipping")
+        return True
+
+    def finish(self, counts: dict, **extra) -> dict:
+        section = json.loads(json.dumps(self.section, default=lambda o: config.to_dict(o)
+                                        if dataclasses.is_dataclass(o) else str(o)))
+        return write(self.out, self.name, section, self.config_hash, self.inputs, counts, **extra)
+
+
+def stage(name: str, out: str | Path, section: dict, input_paths) -> Stage:
+    """The bookkeeping of stage ``name`` writing ``out`` from ``section`` and the files ``input_paths``."""
+    return Stage(name, Path(out), section, fingerprint(input_paths))

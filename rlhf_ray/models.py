@@ -6,6 +6,7 @@ converted once to a cached safetensors folder); ``default-rm`` the embedded rewa
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -14,7 +15,6 @@ from pathlib import Path
 
 DEFAULT_POLICY = "default"
 DEFAULT_RM = "default-rm"
-_GGUF_FILE = "SmolLM2-135M-Instruct-Q4_1.gguf"
 
 
 def cache_dir() -> Path:
@@ -99,6 +99,17 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         # Padding positions are masked out of every loss, so any existing token serves as pad.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def chat_tokenizer(name: str, template: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer every stage renders chats with: ``load_tokenizer`` plus the special tokens of a
+    built-in ``template``. Cached per process (one per Ray worker), so treat it as read-only."""
+    from rlhf_ray import chat
+
+    tokenizer = load_tokenizer(name, trust_remote_code)
+    chat.add_template_tokens(tokenizer, template)
     return tokenizer
 
 

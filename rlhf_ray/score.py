@@ -23,7 +23,7 @@ class RewardScorer:
 
         if threads:
             torch.set_num_threads(threads)
-        self.tokenizer = models.load_tokenizer(models.resolve(model_dir))
+        self.tokenizer = models.chat_tokenizer(model_dir)
         arch = " ".join(AutoConfig.from_pretrained(models.resolve(model_dir)).architectures or [])
         self.objective = "orm" if "TokenClassification" in arch else "bt"
         self.model = reward.load_reward_model(model_dir, self.objective, self.tokenizer, dtype).eval()
@@ -82,7 +82,7 @@ class VLLMRewardScorer:
                 "ForSequenceClassification"):
             raise ValueError(f"{model_dir}: vLLM scores decoder *ForSequenceClassification RMs (last-token "
                              f"head); use scorer=rm for {cfg.architectures} with mean pooling or token heads")
-        self.tokenizer = models.load_tokenizer(models.resolve(model_dir))
+        self.tokenizer = models.chat_tokenizer(model_dir)
         self.template, self.max_len = template, max_len
         self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling")
         self.padding, self.real = 0, 0
@@ -186,18 +186,18 @@ def _spread(total: int, n: int) -> list[int]:
     return [total // n + (i < total % n) for i in range(n)]
 
 
-def score_dataset(ds, model_dir: str | Path, template: str | None = None, max_len: int = 512,
-                  batch_size: int = 16, actors: tuple[int, int] = (1, 1), rows_per_call: int = 256,
-                  threads: int = 0, scorer: str = "rm", judge: dict | None = None, cpus_per_actor: float = 1,
-                  gpus_per_actor: float = 0, dtype: str = "float32", function: str = ""):
+def score_dataset(ds, model_dir: str | Path, s):
     """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
-    and ``completion`` (text or messages)."""
+    and ``completion`` (text or messages), scored and pooled as the ``score`` section ``s`` (a
+    ``config.ScoreConfig``) says."""
+    from dataclasses import asdict
+
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
-        _ScoreActor, batch_size=rows_per_call, batch_format="numpy",
-        fn_constructor_kwargs={"kind": scorer, "model_dir": str(model_dir), "template": template, "max_len": max_len,
-                               "batch_size": batch_size, "threads": threads, "judge": judge, "dtype": dtype,
-                               "function": function},
-        compute=ActorPoolStrategy(min_size=actors[0], max_size=actors[1]), num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor)
+        _ScoreActor, batch_size=s.rows_per_call, batch_format="numpy",
+        fn_constructor_kwargs={"kind": s.scorer, "model_dir": str(model_dir), "template": s.template,
+                               "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
+                               "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function},
+        compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
+        num_gpus=s.gpus_per_actor)

@@ -109,6 +109,32 @@ def dedup_mask(completions: list[list[str]]) -> np.ndarray:
     return mask
 
 
+def choose(rewards, strategy: str, top_k: int = 0, seed: int = 0, texts: list[list[str]] | None = None,
+           truncated=None, min_reward: float | None = None) -> tuple[np.ndarray, list, list]:
+    """Rejection sampling's pick and its matched random baseline: (usable R, kept, random).
+
+    Cells never kept are NaN in the usable R: completions cut at max_tokens (``truncated``, a boolean
+    matrix), rewards below ``min_reward`` and, for ``top_k_overall`` with ``texts``, later copies of a
+    prompt's completion. ``top_per_prompt`` keeps one per prompt, so it never repeats a completion, and
+    its random baseline must draw as the policy samples, repeats included (without them it drew less
+    often the modal, more often right, answer).
+    """
+    r = _matrix(rewards)
+    usable = r.copy()
+    if texts is not None and strategy == "top_k_overall":
+        usable[~dedup_mask(texts)] = np.nan
+    if truncated is not None:
+        usable[np.asarray(truncated, dtype=bool)] = np.nan
+    if min_reward is not None:
+        usable[r < min_reward] = np.nan
+    if strategy == "top_per_prompt":
+        return usable, top_per_prompt(usable), random_per_prompt(usable, seed)
+    if strategy == "top_k_overall":
+        k = top_k or r.shape[0]
+        return usable, top_k_overall(usable, k), random_k_overall(usable, k, seed)
+    raise ValueError(f"unknown selection strategy {strategy!r} (top_per_prompt, top_k_overall)")
+
+
 def reward_matrix(prompt_ids, sample_idx, rewards, n: int | None = None) -> tuple[list, np.ndarray]:
     """Scored rows (any order) → (sorted prompt ids, R) with R[i, j] the reward of sample j of prompt i.
 

@@ -124,8 +124,7 @@ class BestOfN:
         self.gen, self.scorer = generator, scorer
         self.s = ServeConfig(**{k: v for k, v in settings.items() if k in ("policy", "template", "model_name",
             "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens")})
-        self.tok = models.load_tokenizer(models.resolve(self.s.policy))
-        chat.add_template_tokens(self.tok, self.s.template)
+        self.tok = models.chat_tokenizer(self.s.policy, self.s.template)
         self.api_key = os.environ.get(self.s.api_key_env) or None
         self.per_request_seed: bool | None = None
 

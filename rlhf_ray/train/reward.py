@@ -6,13 +6,12 @@ Objectives (RLHF book ch. 5): ``bt`` (Bradley-Terry), ``margin`` (Llama 2), ``kw
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rlhf_ray import chat, losses, models
+from rlhf_ray import chat, evaluation, losses, models
 from rlhf_ray.chat import IGNORE_INDEX
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.schema import BadRecord
@@ -237,16 +236,6 @@ def _gather(values: list) -> list:
     return values
 
 
-def auc(scores_: list[float], labels: list[int]) -> float:
-    """Probability that a random positive outscores a random negative (ties half)."""
-    pos = [s for s, y in zip(scores_, labels) if y]
-    neg = [s for s, y in zip(scores_, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return wins / (len(pos) * len(neg))
-
-
 @torch.no_grad()
 def evaluate(model, micro_batches, objective: str, device, autocast=None) -> dict:
     """Held-out loss and the objective's accuracy figures, over all workers."""
@@ -282,7 +271,7 @@ def _summarise(objective, records) -> dict:
     if not records:
         return {}
     if objective in ("orm",):
-        return {"eval_auc": auc([s for s, _ in records], [y for _, y in records])}
+        return {"eval_auc": evaluation.auc([s for s, _ in records], [y for _, y in records])}
     if objective == "prm":
         return {"eval_step_accuracy": sum(p == y for p, y in records) / len(records)}
     good, bad = torch.tensor([g for g, _ in records]), torch.tensor([b for _, b in records])
@@ -297,13 +286,6 @@ def _summarise(objective, records) -> dict:
 # ---------------------------------------------------------------- the recipe the runner trains
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(name: str, template: str | None, trust_remote_code: bool):
-    tok = models.load_tokenizer(name, trust_remote_code)
-    chat.add_template_tokens(tok, template)
-    return tok
-
-
 class RewardRecipe:
     name = "reward"
     units = "units"
@@ -315,7 +297,7 @@ class RewardRecipe:
     @staticmethod
     def tokenizer(cfg: PipelineConfig):
         m = cfg.reward.model
-        return _tokenizer(models.resolve(m.name), m.template, m.trust_remote_code)
+        return models.chat_tokenizer(m.name, m.template, m.trust_remote_code)
 
     @staticmethod
     def load_model(cfg: PipelineConfig, tokenizer, source: str | None):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import torch
@@ -38,15 +37,8 @@ def micro_batch(examples: list[dict], packing: bool, pad_id: int) -> dict:
 # ---------------------------------------------------------------- data (Ray Data)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(name: str, template: str | None, trust_remote_code: bool):
-    tok = models.load_tokenizer(name, trust_remote_code)
-    chat.add_template_tokens(tok, template)
-    return tok
-
-
 def _encode(row: dict, model: dict, max_seq_len: int, mask: str, overlength: str) -> dict:
-    tok = _tokenizer(models.resolve(model["name"]), model["template"], model["trust_remote_code"])
+    tok = models.chat_tokenizer(model["name"], model["template"], model["trust_remote_code"])
     where = {"file": row.get("_file"), "line": row.get("_line")}
     try:
         ex = sft_data.encode_sft_row(row, tok, max_seq_len, mask, model["template"], overlength)
@@ -82,7 +74,7 @@ class SFTRecipe:
 
     @staticmethod
     def tokenizer(cfg: PipelineConfig):
-        return _tokenizer(models.resolve(cfg.policy.name), cfg.policy.template, cfg.policy.trust_remote_code)
+        return models.chat_tokenizer(cfg.policy.name, cfg.policy.template, cfg.policy.trust_remote_code)
 
     @staticmethod
     def load_model(cfg: PipelineConfig, tokenizer, source: str | None):

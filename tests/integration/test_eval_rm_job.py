@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jobs import eval_rm
+from rlhf_ray.stages import rm_eval
 from rlhf_ray import config
 from rlhf_ray.config import PipelineConfig
 
@@ -23,7 +23,7 @@ def test_eval_rm_reports_subsets_bon_and_orm_auc(ray_cluster, shared_data, tmp_p
         "eval_rm.bon_limit=6", "eval_rm.bon_n=[1,4]",
         f"eval_rm.orm=[{shared_data / 'gsm8k_example_model_solutions.jsonl.gz'}]", "eval_rm.orm_limit=16",
         "eval_rm.max_len=256"])
-    report = eval_rm.run(cfg)
+    report = rm_eval.run(cfg)
     assert set(report["pairwise"]["subsets"]) == {"mt-bench-easy", "refusals-dangerous", "my-own"}
     assert set(report["pairwise"]["sections"]) == {"chat", "safety", "other"}
     bon = report["best_of_n"]

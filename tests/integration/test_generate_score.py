@@ -12,8 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from jobs import generate as generate_job
-from jobs import score as score_job
+from rlhf_ray.stages import generation, scoring
 from rlhf_ray import chat, config, manifest, models, tasks
 from rlhf_ray.config import PipelineConfig
 
@@ -48,7 +47,7 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     files = f"{tmp_path}/train/prompts.jsonl,{tmp_path}/extra/prompts.jsonl"
     cfg = pipeline_cfg(tmp_path, files, tiny_vllm_policy_dir, tiny_vllm_rm_dir, "generate.n=3", "generate.max_tokens=16",
                        "generate.max_model_len=256", "generate.rows_per_call=4", "score.rows_per_call=8")
-    candidates = generate_job.run(cfg)
+    candidates = generation.run(cfg)
 
     df = read(candidates)
     assert len(df) == 12 * 3 and not df.duplicated(["prompt_id", "sample_idx"]).any()
@@ -70,7 +69,7 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     counts = manifest.read(tmp_path / "generate")["counts"]
     assert counts["prompts"] == 12 and counts["candidates"] == 36 and counts["quarantined"] == 2
 
-    scored = read(score_job.run(cfg))
+    scored = read(scoring.run(cfg))
     assert len(scored) == 36 and np.isfinite(scored.reward).all() and scored.reward.std() > 0
     from rlhf_ray.score import RewardScorer
 
@@ -128,7 +127,7 @@ def test_smollm2_generate_score_survive_killed_actors(ray_cluster, tmp_path, pol
     cfg = pipeline_cfg(tmp_path, prompts, "default", "default", f"generate.n={n}", "generate.max_tokens=64",
                        "generate.max_model_len=512", "generate.rows_per_call=2", "score.rows_per_call=4",
                        "score.batch_size=4", "score.threads=1")
-    killed = _run_with_kill(generate_job.run, cfg, tmp_path / "generate" / "candidates", "VLLMGenerator")
+    killed = _run_with_kill(generation.run, cfg, tmp_path / "generate" / "candidates", "VLLMGenerator")
     assert killed and killed["files_at_kill"] < m // 2, f"the generation actor was not killed mid-run: {killed}"
     assert not psutil.pid_exists(killed["pid"])
     df = read(tmp_path / "generate" / "candidates")
@@ -138,7 +137,7 @@ def test_smollm2_generate_score_survive_killed_actors(ray_cluster, tmp_path, pol
     assert not df.completion.str.contains("<|im_start|>", regex=False).any()
     assert df.groupby("prompt_id").completion.nunique().min() >= 2  # sampling, not n copies of one answer
 
-    killed = _run_with_kill(score_job.run, cfg, tmp_path / "score" / "scored", "_ScoreActor")
+    killed = _run_with_kill(scoring.run, cfg, tmp_path / "score" / "scored", "_ScoreActor")
     assert killed and killed["files_at_kill"] < m * n // 4, f"the scoring actor was not killed mid-run: {killed}"
     scored = read(tmp_path / "score" / "scored")
     assert len(scored) == m * n and not scored.duplicated(["prompt_id", "sample_idx"]).any()
@@ -152,7 +151,7 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
     (tmp_path / "candidates").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "candidates" / "part.parquet")
     rule = config.ScoreConfig(scorer="function", function="rlhf_ray.rewards:final_number", rows_per_call=8)
-    scored = read(score_job.stage(rule, str(tmp_path / "candidates"), "", tmp_path / "score"))
+    scored = read(scoring.score(rule, str(tmp_path / "candidates"), "", tmp_path / "score"))
     assert len(scored) == 40 and (scored.reward == (scored.sample_idx == 0)).all()
     assert manifest.read(tmp_path / "score")["counts"]["candidates"] == 40
 
@@ -160,4 +159,4 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
     (tmp_path / "bad").mkdir()
     pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "bad" / "part.parquet")
     with pytest.raises(Exception, match=r"reward function rlhf_ray.rewards:final_number failed on prompt_id 'p0'"):
-        score_job.stage(rule, str(tmp_path / "bad"), "", tmp_path / "score_bad")
+        scoring.score(rule, str(tmp_path / "bad"), "", tmp_path / "score_bad")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from jobs import train_rm
+from rlhf_ray.stages import reward_model
 from rlhf_ray import config, manifest
 from rlhf_ray.config import PipelineConfig
 
@@ -16,7 +16,7 @@ def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
     cfg = config.load(PipelineConfig, "jobs/configs/rm-hh.yaml", [
         f"run_dir={tmp_path}", f"reward.data.train=[{shared_data / 'hh_harmless_test.jsonl.gz'}]",
         "reward.data.eval_rows=32", "reward.data.limit=64", "reward.train.max_seq_len=128"])
-    model_dir = train_rm.run(cfg)
+    model_dir = reward_model.run(cfg)
     m = manifest.read(tmp_path / "rm")
     assert m["counts"]["train_rows"] == 64 and m["counts"]["eval_rows"] == 32 and m["counts"]["steps"] == 2
     assert 0.0 <= m["held_out"]["eval_accuracy"] <= 1.0 and "eval_accuracy_initial" in json.loads(
@@ -33,7 +33,7 @@ def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
         f"reward.data.train=[{shared_data / 'gsm8k_example_model_solutions.jsonl.gz'}]",
         "reward.data.adapter=gsm8k_solutions", "reward.data.limit=64", "reward.data.eval_rows=32",
         "reward.train.max_seq_len=256", "reward.train.torch_threads=2"])
-    model_dir = train_rm.run(cfg)
+    model_dir = reward_model.run(cfg)
     held_out = manifest.read(tmp_path / "rm")["held_out"]
     assert 0.0 <= held_out["eval_auc"] <= 1.0
     assert AutoModelForTokenClassification.from_pretrained(model_dir).config.num_labels == 1
@@ -49,7 +49,7 @@ def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir
         "reward.samples.eval_prompts=3", "generate.max_tokens=32", "generate.max_model_len=256",
         "reward.train.epochs=1", "reward.train.max_seq_len=128", "reward.train.global_batch_size=8",
         "reward.train.micro_batch_size=8"])
-    model_dir = train_rm.run(cfg, str(policy_dir))
+    model_dir = reward_model.run(cfg, str(policy_dir))
     counts = manifest.read(tmp_path / "rm_data")["counts"]
     assert counts["prompts"] == 12 and counts["samples"] == 96 and 0 < counts["correct_fraction"] < 1
     rows = {name: [json.loads(l) for l in (tmp_path / "rm_data" / f"{name}.jsonl").read_text().splitlines()]
@@ -67,5 +67,5 @@ def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir
 
     # The checker must say correct or incorrect: a reward model is not trained on anything else.
     with pytest.raises(config.ConfigError, match="trains bt, margin or orm"):
-        train_rm.run(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
+        reward_model.run(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
                                                         "reward.objective=kwise"]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from jobs import sft as sft_job
+from rlhf_ray.stages import sft
 from rlhf_ray import chat, config, job, manifest
 from rlhf_ray.config import PipelineConfig
 
@@ -24,7 +24,7 @@ def tiny_cfg(run_dir, policy, *extra):
 
 def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_cluster, tiny_policy_dir, tmp_path):
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.data.eval_rows=8", "sft.train.epochs=2")
-    model_dir = sft_job.run(cfg)
+    model_dir = sft.run(cfg)
     m = manifest.read(tmp_path / "sft")
     assert m["counts"]["train_rows"] == 40 and m["counts"]["eval_rows"] == 8 and m["counts"]["steps"] == 10
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
@@ -40,7 +40,7 @@ def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_clus
     assert out.shape[1] > len(prompt)
     # Same config and inputs: the stage is skipped (no new metrics written).
     before = (tmp_path / "sft" / "manifest.json").stat().st_mtime
-    sft_job.run(cfg)
+    sft.run(cfg)
     assert (tmp_path / "sft" / "manifest.json").stat().st_mtime == before
 
 
@@ -64,7 +64,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_clus
 
     watcher = threading.Thread(target=kill_mid_run, daemon=True)
     watcher.start()
-    sft_job.run(cfg)
+    sft.run(cfg)
     watcher.join(timeout=5)
     assert killed, "the worker was never killed mid-run"
     steps = [json.loads(line)["step"] for line in open(tmp_path / "sft" / "metrics.jsonl")]
@@ -91,7 +91,7 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
                                                                 {"role": "assistant", "content": "ok"}]})]
     data.write_text("\n".join(lines) + "\n")
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, f"sft.data.train=[{data}]", "sft.train.max_seq_len=64")
-    sft_job.run(cfg)
+    sft.run(cfg)
     counts = manifest.read(tmp_path / "sft")["counts"]
     assert counts["rows_quarantined"] == 2 and counts["quarantined_after_tokenization"] == 1
     assert counts["train_rows"] == 12
@@ -103,7 +103,7 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
 def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy_dir, tmp_path, capsys):
     data = tmp_path / "convs.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "robot", "content": "Hi"}]}) + "\n")
-    rc = job.main("sft", "", sft_job.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+    rc = job.main("sft", "", sft.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=error"])
     assert rc == 1
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err
@@ -113,7 +113,7 @@ def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy
 def test_two_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_dir, tmp_path, strategy):
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.scaling.num_workers=2", "sft.train.micro_batch_size=2",
                    "sft.train.global_batch_size=8", "sft.train.epochs=1", f"sft.scaling.strategy={strategy}")
-    sft_job.run(cfg)
+    sft.run(cfg)
     # 48 rows over 2 workers, 8 sequences a step (2 per micro-batch × 2 accumulation × 2 workers).
     assert manifest.read(tmp_path / "sft")["counts"]["steps"] == 6
     progress = [json.loads((tmp_path / "sft" / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]

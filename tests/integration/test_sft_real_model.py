@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jobs import sft as sft_job
+from rlhf_ray.stages import sft
 from rlhf_ray import config, manifest
 from rlhf_ray.config import PipelineConfig
 
@@ -14,7 +14,7 @@ def test_smollm2_sft_on_seed_tasks_lowers_held_out_loss(ray_cluster, shared_data
     cfg = config.load(PipelineConfig, "jobs/configs/sft-alpaca.yaml", [
         f"run_dir={tmp_path}", f"sft.data.train=[{shared_data / 'alpaca_seed_tasks.jsonl'}]",
         "sft.data.limit=96", "sft.data.eval_rows=24"])
-    sft_job.run(cfg)
+    sft.run(cfg)
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
     before, after = metrics[0]["eval_loss_initial"], metrics[-1]["eval_loss"]
     print(f"held-out loss {before:.4f} -> {after:.4f} over {len(metrics)} steps")

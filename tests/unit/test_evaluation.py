@@ -20,3 +20,7 @@ def test_best_of_n_protocol_by_hand():
     assert res[3]["random"] == pytest.approx((4.5 / 3 + 4.0 / 3) / 2)
     with pytest.raises(ValueError):
         evaluation.best_of_n_protocol(rewards, gold, [4])
+
+
+def test_auc_by_hand():
+    assert evaluation.auc([0.9, 0.1, 0.5, 0.5], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)

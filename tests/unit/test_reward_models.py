@@ -85,10 +85,6 @@ def test_prm_labels_sit_on_each_steps_last_token(tiny_dir):
     assert marked == [("One plus one is two.", 2), ("So x is 3.", 0)]
 
 
-def test_auc_by_hand():
-    assert rm.auc([0.9, 0.1, 0.5, 0.5], [1, 0, 1, 0]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
-
-
 def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     from rlhf_ray.models import default_rm_dir
     tok = models.load_tokenizer(str(default_rm_dir()))

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from jobs import rejection_sampling
+from rlhf_ray.stages import rejection_sampling
 from rlhf_ray import config, manifest
 from rlhf_ray.config import PipelineConfig
 
@@ -31,7 +31,7 @@ def kept(path):
 
 def test_top_per_prompt_keeps_the_books_picks_and_a_matched_random_set(tmp_path):
     cfg = config.load(PipelineConfig, None, [])
-    paths = rejection_sampling.select(cfg, scored(tmp_path), tmp_path / "select")
+    paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path), tmp_path / "select")
     assert kept(paths["kept"]) == [("p1", "answer 1.1"), ("p2", "answer 2.2"), ("p3", "answer 3.1"),
                                    ("p4", "answer 4.3"), ("p5", "answer 5.4")]
     first = json.loads(paths["kept"].read_text().splitlines()[0])
@@ -47,7 +47,7 @@ def test_top_per_prompt_keeps_the_books_picks_and_a_matched_random_set(tmp_path)
 
 def test_top_k_overall_takes_prompt_3_twice_and_prompt_5_never(tmp_path):
     cfg = config.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=5"])
-    paths = rejection_sampling.select(cfg, scored(tmp_path), tmp_path / "select")
+    paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path), tmp_path / "select")
     assert kept(paths["kept"]) == [("p3", "answer 3.1"), ("p2", "answer 2.2"), ("p4", "answer 4.3"),
                                    ("p1", "answer 1.1"), ("p3", "answer 3.4")]
     assert len(kept(paths["random"])) == 5
@@ -59,7 +59,7 @@ def test_duplicates_and_truncated_completions_are_not_kept(tmp_path):
     completions[1][2] = completions[1][1] = "same"   # p2's best (.8) duplicates its second best (.6)
     finish[2][0] = "length"                          # p3's best (.9) was cut at max_tokens
     cfg = config.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=20"])
-    paths = rejection_sampling.select(cfg, scored(tmp_path, completions=completions, finish=finish), tmp_path / "select")
+    paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path, completions=completions, finish=finish), tmp_path / "select")
     texts = [t for _, t in kept(paths["kept"])]
     assert texts.count("same") == 1 and "c20" not in texts and len(texts) == 18
 
@@ -70,7 +70,7 @@ def test_the_random_baseline_draws_repeated_answers_as_often_as_the_policy_sampl
     rewards = [[.1, .2, .3, .4]] * 200
     completions = [["= 5."] * 3 + ["= 6."]] * 200
     cfg = config.load(PipelineConfig, None, [])
-    paths = rejection_sampling.select(cfg, scored(tmp_path, rewards, completions), tmp_path / "select")
+    paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path, rewards, completions), tmp_path / "select")
     picks = [t for _, t in kept(paths["random"])]
     assert len(picks) == 200 and 0.65 < picks.count("= 5.") / 200 < 0.85
     assert manifest.read(tmp_path / "select")["counts"]["usable"] == 800

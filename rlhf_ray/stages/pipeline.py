@@ -1,0 +1,25 @@
+"""The whole path on one config: SFT → reward model → (RM evaluation) → rejection sampling → evaluation
+→ report. Each stage is skipped when its manifest is up to date, so an interrupted run resumes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_ray import report
+from rlhf_ray.config import PipelineConfig
+from rlhf_ray.stages import policy_eval, rejection_sampling, reward_model, rm_eval, sft
+
+
+def run(cfg: PipelineConfig) -> Path:
+    if cfg.sft.data.train or cfg.task.name != "none":
+        policy = str(sft.run(cfg))
+    else:
+        policy = cfg.policy.name  # an instruction-tuned model a user names: no SFT stage
+    reward_model.run(cfg, policy)
+    e = cfg.eval_rm
+    if e.pairs or e.bon_file or e.orm:
+        rm_eval.run(cfg)
+    finals = rejection_sampling.run(cfg, policy) if cfg.rs.rounds else {}
+    policy_eval.run(cfg, {"sft": policy, **finals})
+    out = report.build(cfg.run_dir, cfg.rs.rounds)
+    print(f"[pipeline] report: {out}")
+    return out

@@ -1,0 +1,124 @@
+"""Policy evaluation stage: held-out prompts answered by each policy (sampled, and greedy), scored by the
+proxy (the reward model) and the gold reward; the SFT policy's best-of-N curve; paired bootstrap
+intervals for every comparison → RUN_DIR/eval/results.json and per_prompt.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_ray import data, evaluation, rewards, selection, stats, storage, tasks
+from rlhf_ray.config import PipelineConfig
+from rlhf_ray.stages import generation, scoring
+
+# Comparisons reported when both policies were evaluated: (better, worse), as the question a reader asks.
+COMPARISONS = [("rs", "sft"), ("rs", "random"), ("rs_rule", "sft"), ("rs_rule", "rs"), ("random", "sft")]
+
+
+def eval_prompts(cfg: PipelineConfig) -> list[str]:
+    if cfg.eval.prompts:
+        return data.expand_paths(cfg.eval.prompts)
+    return [tasks.task_files(cfg.task, cfg.run_dir)["eval"]]
+
+
+def _generate(cfg: PipelineConfig, policy: str, n: int, temperature: float, out: Path) -> Path:
+    e = cfg.eval
+    g = dataclasses.replace(cfg.generate, n=n, temperature=temperature, adapter=e.adapter, limit=e.limit)
+    return generation.generate(g, cfg.policy.template, policy, eval_prompts(cfg), out)
+
+
+def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
+    if "answer" not in df:
+        return None
+    values = [gold_fn(p, c, row) for p, c, row in zip(df.prompt, df.completion, df.to_dict("records"))]
+    return selection.reward_matrix(df.prompt_id, df.sample_idx, values, n)[1]
+
+
+def sample(cfg: PipelineConfig, policy: str, n: int, out: Path) -> tuple[list, np.ndarray, np.ndarray | None]:
+    """n samples per held-out prompt at generate.temperature, scored: (prompt ids, proxy matrix, gold
+    matrix or None)."""
+    import pandas as pd
+
+    candidates = _generate(cfg, policy, n, cfg.generate.temperature, out / "generate")
+    df = pd.read_parquet(scoring.score(cfg.score, str(candidates), scoring.rm_dir(cfg), out / "score"))
+    ids, proxy = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward, n)
+    return ids, proxy, _gold_matrix(df, rewards.load(cfg.eval.gold), n)
+
+
+def greedy(cfg: PipelineConfig, policy: str, out: Path) -> tuple[list, np.ndarray | None]:
+    """One greedy answer per held-out prompt: (prompt ids, gold per prompt or None)."""
+    import pandas as pd
+
+    df = pd.read_parquet(_generate(cfg, policy, 1, 0.0, out / "generate"))
+    gold = _gold_matrix(df, rewards.load(cfg.eval.gold), 1)
+    return sorted(set(df.prompt_id)), None if gold is None else gold[:, 0]
+
+
+def _aligned(ids: list, values: np.ndarray, common: list) -> np.ndarray:
+    where = {p: i for i, p in enumerate(ids)}
+    return values[[where[p] for p in common]]
+
+
+def run(cfg: PipelineConfig, policies: dict[str, str] | None = None) -> dict:
+    root = Path(cfg.run_dir)
+    policies = policies or _policies_in(root, cfg.rs.rounds)
+    e = cfg.eval
+    results: dict = {"policies": {}, "best_of_n": {}, "comparisons": {}}
+    per_prompt: dict = {}
+    for name, policy in policies.items():
+        n = max(e.bon_n) if name == "sft" else e.policy_samples
+        ids, proxy, gold = sample(cfg, policy, n, root / "eval" / name / "sampled")
+        entry = {"model": storage.uri(policy) or policy, "prompts": len(ids), "samples_per_prompt": n,
+                 "proxy": float(np.nanmean(proxy)), "gold": None if gold is None else float(np.nanmean(gold))}
+        per_prompt[name] = {"prompt_id": ids, "proxy": np.nanmean(proxy, axis=1).tolist()}
+        if gold is not None:
+            per_prompt[name]["gold"] = np.nanmean(gold, axis=1).tolist()
+        if e.greedy:
+            g_ids, g_gold = greedy(cfg, policy, root / "eval" / name / "greedy")
+            if g_gold is not None:
+                entry["greedy_gold"] = float(g_gold.mean())
+                per_prompt[name]["greedy_gold"] = _aligned(g_ids, g_gold, ids).tolist()
+        results["policies"][name] = entry
+        if name == "sft":
+            results["best_of_n"] = evaluation.best_of_n_curve(proxy, gold, e.bon_n, e.n_boot)
+    results["comparisons"] = compare(per_prompt, e.n_boot)
+    if "rs - sft" in results["comparisons"]:
+        results["verdict"] = evaluation.verdict(results["comparisons"]["rs - sft"]["gold"], "The RS policy",
+                                                "the SFT policy", "gold reward per sample")
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    (root / "eval" / "results.json").write_text(json.dumps(results, indent=2))
+    (root / "eval" / "per_prompt.json").write_text(json.dumps(per_prompt))
+    print(f"[eval] {json.dumps(results['policies'])}")
+    if "verdict" in results:
+        print(f"[eval] {results['verdict']}")
+    return results
+
+
+def compare(per_prompt: dict, n_boot: int) -> dict:
+    """Paired bootstrap intervals of the gold differences (sampled and greedy) for COMPARISONS, over
+    the prompts both policies answered."""
+    out = {}
+    for a, b in COMPARISONS:
+        if a not in per_prompt or b not in per_prompt or "gold" not in per_prompt[a]:
+            continue
+        common = sorted(set(per_prompt[a]["prompt_id"]) & set(per_prompt[b]["prompt_id"]))
+        diffs = {}
+        for metric in ("gold", "greedy_gold"):
+            if metric in per_prompt[a] and metric in per_prompt[b]:
+                x, y = (_aligned(per_prompt[k]["prompt_id"], np.asarray(per_prompt[k][metric]), common) for k in (a, b))
+                diffs[metric] = stats.paired_difference(x, y, n_boot)
+        out[f"{a} - {b}"] = diffs
+    return out
+
+
+def _policies_in(root: Path, rounds: int) -> dict[str, str]:
+    """The run folder's SFT policy and, when they exist, the last round's RS, baseline and rule-reward
+    policies."""
+    last = f"round{rounds}"
+    found = {"sft": root / "sft" / "model", "rs": root / "rs" / last / "top" / "sft" / "model",
+             "random": root / "rs" / last / "random" / "sft" / "model",
+             "rs_rule": root / "rs_rule" / last / "top" / "sft" / "model"}
+    return {k: str(p) for k, p in found.items() if k == "sft" or p.exists()}
+

@@ -1,0 +1,53 @@
+"""Scoring stage: candidates → the same rows with a reward, from a reward model, LLM judge or rule."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rlhf_ray import cluster, manifest, models, rewards, storage
+from rlhf_ray.config import PipelineConfig, ScoreConfig
+from rlhf_ray.stages.generation import check_accounting
+
+
+def rm_dir(cfg: PipelineConfig) -> str:
+    """The reward model that scores: score.model_dir, else the run's own."""
+    return cfg.score.model_dir or str(Path(cfg.run_dir) / "rm" / "model")
+
+
+def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
+    """candidates → out/scored with the same rows and a reward column, scored as section ``s`` says."""
+    import ray.data
+
+    from rlhf_ray.score import score_dataset
+
+    candidates, model_dir = storage.shared(candidates), storage.shared(model_dir)  # read on any node
+    if s.scorer == "function":
+        judged_by = [f for f in [rewards.source_file(s.function)] if f]  # an edited checker re-scores
+    else:
+        judged_by = [models.locate(model_dir)] if s.scorer != "judge" else []
+    st = manifest.stage("score", out, {"score": s}, [candidates] + judged_by)
+    if st.up_to_date():
+        return out / "scored"
+    cluster.connect()
+    ds = ray.data.read_parquet(candidates)
+    rows = ds.count()
+    scored = score_dataset(ds, model_dir, s)
+    target = out / "scored"
+    storage.remove(target)
+    start = time.perf_counter()
+    scored.write_parquet(storage.shared(target))
+    seconds = time.perf_counter() - start
+
+    done = check_accounting(target, rows)
+    real, pad = int(done.sum("score_tokens") or 0), int(done.sum("score_padding") or 0)
+    counts = {"candidates": rows, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
+              "padding_fraction": round(pad / max(real + pad, 1), 4)}
+    st.finish(counts, model_dir=model_dir if s.scorer in ("rm", "vllm") else None)
+    print(f"[score] wrote {target}: {counts}")
+    return target
+
+
+def run(cfg: PipelineConfig) -> Path:
+    s = cfg.score
+    candidates = s.candidates or str(Path(cfg.run_dir) / "generate" / "candidates")
+    return score(s, candidates, rm_dir(cfg), Path(cfg.run_dir) / "score")

@@ -1,0 +1,65 @@
+"""SFT stage: conversations → a chat model trained on Ray Train (HF folder, metrics, manifest)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rlhf_ray import cluster, config, data, manifest, storage, tasks
+from rlhf_ray.config import PipelineConfig
+
+
+def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
+    """Training and eval files: the config's, or the generated task's when none are given."""
+    d = cfg.sft.data
+    if d.train:
+        return data.expand_paths(d.train), data.expand_paths(d.eval) if d.eval else []
+    if cfg.task.name == "arithmetic":
+        return [tasks.task_files(cfg.task, cfg.run_dir)["sft"]], []
+    raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Train RUN_DIR/sft/model from cfg.policy on the SFT files; returns the model folder."""
+    from rlhf_ray.train import runner, sft
+
+    # The starting policy by a name every node can read (a mirrored run folder's model by its URI).
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=storage.shared(cfg.policy.name)))
+    out = Path(cfg.run_dir) / "sft"
+    train_files, eval_files = sft_inputs(cfg)
+    st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)
+    if st.up_to_date():
+        return out / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = out / "quarantine.jsonl"
+    storage.remove(quarantine)
+
+    cluster.connect()
+    d = cfg.sft.data
+    rows, bad_rows = data.read_dataset(train_files, "sft", d.adapter, d.on_bad_rows, quarantine)
+    if d.limit:
+        rows = rows.limit(d.limit)
+    encoded, counts = sft.encode_dataset(rows, cfg.policy, cfg.sft, d.on_bad_rows, quarantine)
+    if eval_files:
+        eval_rows, _ = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, None)
+        eval_ds, _ = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, None)
+    elif d.eval_rows:
+        encoded, eval_ds = encoded.split_at_indices([encoded.count() - d.eval_rows])
+    else:
+        eval_ds = None
+
+    result, plan = sft.fit(cfg, encoded, eval_ds, out)
+    runner.export_checkpoint(result, out)
+    counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
+              "eval_rows": eval_ds.count() if eval_ds is not None else 0, "steps": plan.total_steps}
+    st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
+    print(f"[sft] wrote {out / 'model'}: {counts}")
+    return out / "model"
+
+
+def finetune(cfg: PipelineConfig, policy: str, conversations: Path, run_dir: Path) -> str:
+    """SFT from ``policy`` on the ``conversations`` rejection sampling selected, with rs.train and
+    rs.scaling, into RUN_DIR-like ``run_dir``/sft/model."""
+    d = dataclasses.replace(cfg.sft.data, train=(str(conversations),), eval=(), eval_rows=0, limit=0)
+    return str(run(dataclasses.replace(
+        cfg, run_dir=str(run_dir), policy=dataclasses.replace(cfg.policy, name=policy),
+        sft=dataclasses.replace(cfg.sft, data=d, train=cfg.rs.train, scaling=cfg.rs.scaling))))
