@@ -35,7 +35,7 @@ print("RESULT", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_co
 def tiny_model(path: Path) -> str:
     from rlhf_ray import models
 
-    tok = models.load_tokenizer(models.resolve("default"))
+    tok = models.load_tokenizer(models.local_path("default"))
     models.save_policy(models.tiny_causal_lm(tok, hidden_size=128, layers=2, heads=2), tok, path)
     return str(path)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlhf_ray import generate, models, tasks  # noqa: E402
+from rlhf_ray import generate, models, arithmetic  # noqa: E402
 from rlhf_ray.config import GenerateConfig  # noqa: E402
 
 
 def prompt_rows(count: int) -> list[dict]:
-    tasks.write_arithmetic("/tmp/rlhf_ray_bench", 0, count, seed=3)
+    arithmetic.write_arithmetic("/tmp/rlhf_ray_bench", 0, count, seed=3)
     rows = [json.loads(line) for line in open("/tmp/rlhf_ray_bench/prompts.jsonl")]
     for i, r in enumerate(rows):
         r.update(_file="prompts.jsonl", _line=i + 1)
@@ -90,7 +90,7 @@ def transformers_generate(rows, sampling, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    tok = models.load_tokenizer(models.resolve("default"))
+    tok = models.load_tokenizer(models.local_path("default"))
     model = models.load_policy("default", dtype="bfloat16").eval()
     start, tokens = time.perf_counter(), 0
     for r in rows:  # one prompt per call: N return sequences share it, as vLLM's n does

@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from rlhf_ray import data, models  # noqa: E402
 from rlhf_ray.score import RewardScorer  # noqa: E402
+from rlhf_ray import objectives as rm  # noqa: E402
 from rlhf_ray.train import loop  # noqa: E402
-from rlhf_ray.train import reward as rm  # noqa: E402
+from rlhf_ray.train.reward import RewardRecipe  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh_harmless_test.jsonl.gz"
 
@@ -35,7 +36,7 @@ def plain(messages) -> str:
 
 
 def ours(rows, tok, args) -> dict:
-    model = rm.load_reward_model(models.DEFAULT_RM, "bt", tok)
+    model = rm.load_model(models.DEFAULT_RM, "bt", tok)
     opt = loop.build_optimizer(model, 3e-5, 0.0)
     sched = loop.build_scheduler(opt, args.steps + 1, 0.0, "constant")
     encoded = [rm.encode_row(r, "bt", tok, None, args.max_len) for r in rows]
@@ -45,10 +46,10 @@ def ours(rows, tok, args) -> dict:
         batch = {**rm.collate(group, "bt", tok.pad_token_id), "objective": "bt"}
         return [{"batch": batch, "units": len(group), "tokens": 0, "padding": 0}]
 
-    loop.train_step(model, opt, sched, mb(steps[0]), rm.RewardRecipe.loss_fn, 1.0, "cpu")
+    loop.train_step(model, opt, sched, mb(steps[0]), RewardRecipe.loss_fn, 1.0, "cpu")
     t0 = time.perf_counter()
     for group in steps[1:]:
-        loop.train_step(model, opt, sched, mb(group), rm.RewardRecipe.loss_fn, 1.0, "cpu")
+        loop.train_step(model, opt, sched, mb(group), RewardRecipe.loss_fn, 1.0, "cpu")
     secs = time.perf_counter() - t0
     return {"seconds": secs, "pairs_per_s": args.steps * args.pairs_per_step / secs}
 

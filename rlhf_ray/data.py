@@ -353,7 +353,7 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
 
     from rlhf_ray import storage
 
-    files = [storage.shared(f) for f in expand_paths(paths)]  # parsed on any node
+    files = [storage.publish(f) for f in expand_paths(paths)]  # parsed on any node
     tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
         _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter}
     ).materialize()

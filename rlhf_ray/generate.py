@@ -73,7 +73,7 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
         engine_kwargs.setdefault("block_size", 32)
     from vllm import LLM
 
-    return LLM(model=models.resolve(model), seed=seed, dtype=dtype, max_model_len=max_model_len,
+    return LLM(model=models.local_path(model), seed=seed, dtype=dtype, max_model_len=max_model_len,
                tensor_parallel_size=tensor_parallel,
                enforce_eager=not torch.cuda.is_available(), **engine_kwargs)  # CUDA graphs pay off on GPU only
 

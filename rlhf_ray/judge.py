@@ -1,7 +1,7 @@
-"""LLM-as-a-judge with the MT-Bench judge prompts (Zheng et al. 2023): a 1–10 rating of one answer, or a
-pairwise verdict ``[[A]]`` / ``[[B]]`` / ``[[C]]`` (tie).
+"""LLM-as-a-judge with the MT-Bench single-answer judge prompt (Zheng et al. 2023): a 1–10 rating of one
+answer, which is the reward ``score.scorer: judge`` selects by.
 
-The prompt building and verdict parsing are pure; a backend (a local vLLM engine or any
+The prompt building and rating parsing are pure; a backend (a local vLLM engine or any
 OpenAI-compatible endpoint) turns judge conversations into text.
 """
 from __future__ import annotations
@@ -21,22 +21,6 @@ SINGLE_PROMPT = (
     "example: \"Rating: [[5]]\".\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
     "[The End of Assistant's Answer]"
 )
-PAIR_SYSTEM = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
-    "the user question displayed below. You should choose the assistant that follows the user's instructions and "
-    "answers the user's question better. Your evaluation should consider factors such as the helpfulness, "
-    "relevance, accuracy, depth, creativity, and level of detail of their responses. Begin your evaluation by "
-    "comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the "
-    "order in which the responses were presented does not influence your decision. Do not allow the length of the "
-    "responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as "
-    "possible. After providing your explanation, output your final verdict by strictly following this format: "
-    "\"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
-)
-PAIR_PROMPT = (
-    "[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{answer_a}\n[The End of Assistant A's "
-    "Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n[The End of Assistant B's Answer]"
-)
-
 _RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
 _RATING_LOOSE = re.compile(r"\[(\d+(?:\.\d+)?)\]")
 
@@ -51,29 +35,10 @@ def single_messages(question: str, answer: str) -> list[dict]:
             {"role": "user", "content": SINGLE_PROMPT.format(question=question, answer=answer)}]
 
 
-def pair_messages(question: str, answer_a: str, answer_b: str) -> list[dict]:
-    return [{"role": "system", "content": PAIR_SYSTEM},
-            {"role": "user", "content": PAIR_PROMPT.format(question=question, answer_a=answer_a, answer_b=answer_b)}]
-
-
 def parse_rating(text: str) -> float:
     """The ``[[rating]]`` of a judgement (MT-Bench also accepts ``[rating]``); NaN when there is none."""
     m = _RATING.search(text) or _RATING_LOOSE.search(text)
     return float(m.group(1)) if m else math.nan
-
-
-def parse_verdict(text: str) -> str | None:
-    """"A", "B", "C" (tie), or None when the judge gave no verdict (or more than one)."""
-    found = {v for v in "ABC" if f"[[{v}]]" in text}
-    return found.pop() if len(found) == 1 else None
-
-
-def combine_swapped(first: str | None, swapped: str | None) -> str | None:
-    """MT-Bench's position-bias rule: judge both orders; a verdict that flips with the order is a tie."""
-    undo = {"A": "B", "B": "A", "C": "C", None: None}[swapped]
-    if first is None or undo is None:
-        return None
-    return first if first == undo else "C"
 
 
 class Backend(Protocol):
@@ -121,11 +86,6 @@ class JudgeScorer:
         self.backend = backend
         self.padding = self.real = 0
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], sort: bool = True) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
         convs = [single_messages(question_text(p), c[-1]["content"]) for p, c in zip(prompts, completions)]
         return [parse_rating(t) for t in self.backend.complete(convs)]
-
-    def compare(self, prompt: list[dict], answer_a: str, answer_b: str) -> str | None:
-        q = question_text(prompt)
-        first, swapped = self.backend.complete([pair_messages(q, answer_a, answer_b), pair_messages(q, answer_b, answer_a)])
-        return combine_swapped(parse_verdict(first), parse_verdict(swapped))

@@ -8,23 +8,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from rlhf_ray.chat import IGNORE_INDEX
 
 
-def sft_nll(logits: torch.Tensor, labels: torch.Tensor, num_trained: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token cross-entropy summed over trained tokens, divided by ``num_trained``.
+def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy summed over trained tokens.
 
     ``labels`` are aligned with ``logits`` positions of the input (-100 = not trained); the shift happens
-    here. Pass the trained-token count of the whole global batch as ``num_trained`` so that gradient
-    accumulation and data parallelism give the same update as one large batch; it defaults to this
-    batch's count.
+    here. The train step divides the sum by the trained-token count of the whole global batch, so that
+    gradient accumulation and data parallelism give the same update as one large batch.
     """
     shift_logits = logits[..., :-1, :].reshape(-1, logits.size(-1)).float()
-    shift_labels = labels[..., 1:].reshape(-1)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    if num_trained is None:
-        num_trained = (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
-    return total / num_trained
+    return F.cross_entropy(shift_logits, labels[..., 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def sft_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, the mean over this batch's trained tokens."""
+    return sft_nll_sum(logits, labels) / (labels[..., 1:] != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:

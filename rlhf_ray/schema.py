@@ -50,10 +50,6 @@ class PromptRow(TypedDict, total=False):
     answer: str                 # gold answer, where the task has one
 
 
-CANDIDATE_COLUMNS = ("prompt_id", "sample_idx", "prompt", "completion", "num_prompt_tokens",
-                     "num_completion_tokens", "finish_reason")
-
-
 class RowError(ValueError):
     """A row breaks its contract; ``field`` is a path like ``chosen[0].content``."""
 

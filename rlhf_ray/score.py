@@ -5,12 +5,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from rlhf_ray import models
-from rlhf_ray.train import reward
+from rlhf_ray import models, objectives
+
+
+class Scorer(Protocol):
+    """What scores candidates: a reward model (transformers or vLLM pooling), an LLM judge or a rule."""
+    real: int      # tokens scored so far (0 for scorers that do not batch tokens)
+    padding: int   # padding tokens scored so far
+
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]],
+              rows: list[dict] | None = None) -> list[float]:
+        """One reward per (prompt, completion); ``rows`` are the candidates' other columns (a gold answer)."""
 
 
 class RewardScorer:
@@ -24,18 +34,19 @@ class RewardScorer:
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = models.chat_tokenizer(model_dir)
-        arch = " ".join(AutoConfig.from_pretrained(models.resolve(model_dir)).architectures or [])
+        arch = " ".join(AutoConfig.from_pretrained(models.local_path(model_dir)).architectures or [])
         self.objective = "orm" if "TokenClassification" in arch else "bt"
-        self.model = reward.load_reward_model(model_dir, self.objective, self.tokenizer, dtype).eval()
+        self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).eval()
         self.template, self.max_len, self.batch_size = template, max_len, batch_size
         self.padding = self.real = 0
 
     def encode(self, prompt: list[dict], completion: list[dict]) -> tuple[list[int], int]:
-        ids, in_completion, _, _ = reward.encode(prompt, completion, self.tokenizer, self.template, self.max_len)
+        ids, in_completion, _, _ = objectives.encode(prompt, completion, self.tokenizer, self.template, self.max_len)
         return ids, max(i for i, c in enumerate(in_completion) if c)
 
     @torch.no_grad()
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], sort: bool = True) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None,
+              *, sort: bool = True) -> list[float]:
         encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
         # Longest first, batched by similar length: padding stays low (the RLHF book's tip).
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0])) if sort else list(range(len(encoded)))
@@ -48,13 +59,13 @@ class RewardScorer:
 
     def _run(self, items: list[tuple[list[int], int]]) -> list[float]:
         try:
-            ids, mask = reward.pad_rows([ids for ids, _ in items], self.tokenizer.pad_token_id)
+            ids, mask = objectives.pad_rows([ids for ids, _ in items], self.tokenizer.pad_token_id)
             self.real += int(mask.sum())
             self.padding += int(mask.numel() - mask.sum())
             if self.objective == "orm":
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
                 return [float(logits[i, last]) for i, (_, last) in enumerate(items)]
-            return reward.sequence_rewards(self.model, ids, mask).tolist()
+            return models.sequence_rewards(self.model, ids, mask).tolist()
         except torch.OutOfMemoryError:
             # Too large a batch: halve it and retry rather than failing the job.
             if len(items) == 1:
@@ -77,7 +88,7 @@ class VLLMRewardScorer:
 
         from rlhf_ray.generate import load_llm
 
-        cfg = AutoConfig.from_pretrained(models.resolve(model_dir))
+        cfg = AutoConfig.from_pretrained(models.local_path(model_dir))
         if getattr(cfg, "rlhf_ray_pooling", None) == "mean" or not (cfg.architectures or [""])[0].endswith(
                 "ForSequenceClassification"):
             raise ValueError(f"{model_dir}: vLLM scores decoder *ForSequenceClassification RMs (last-token "
@@ -87,10 +98,10 @@ class VLLMRewardScorer:
         self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling")
         self.padding, self.real = 0, 0
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], sort: bool = True) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
         from vllm import PoolingParams
 
-        ids = [reward.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
+        ids = [objectives.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
         self.real += sum(map(len, ids))
         # use_activation=False: the raw logit (vLLM applies a sigmoid by default).
         outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
@@ -108,8 +119,9 @@ class FunctionScorer:
         self.spec, self.fn = function, rewards.load(function)
         self.padding = self.real = 0  # no tokens: the padding report reads zero
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict]) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
         out = []
+        rows = rows or [{} for _ in prompts]
         for p, c, r in zip(prompts, completions, rows):
             try:
                 out.append(float(self.fn(p, "\n\n".join(m["content"] for m in c), r)))
@@ -120,7 +132,7 @@ class FunctionScorer:
 
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
-                judge: dict | None = None, dtype: str = "float32", function: str = ""):
+                judge: dict | None = None, dtype: str = "float32", function: str = "") -> Scorer:
     if kind == "function":
         if not function:
             raise ValueError("score.scorer=function needs score.function (module:callable)")
@@ -159,12 +171,8 @@ class _ScoreActor:
         prompts = [as_messages(p) for p in batch["prompt"]]
         completions = [as_messages(c) for c in batch["completion"]]
         before = (self.scorer.real, self.scorer.padding)
-        if isinstance(self.scorer, FunctionScorer):
-            columns = {k: v.tolist() for k, v in batch.items()}
-            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-            rewards = self.scorer.score(prompts, completions, rows)
-        else:
-            rewards = self.scorer.score(prompts, completions)
+        columns = {k: v.tolist() for k, v in batch.items()}
+        rewards = self.scorer.score(prompts, completions, [dict(zip(columns, vs)) for vs in zip(*columns.values())])
         # Token counts of this call, so that the job can report the padding fraction.
         real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
         # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.

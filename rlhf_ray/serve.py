@@ -218,7 +218,7 @@ def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:
     s, root = cfg.serve, cfg.run_dir.rstrip("/")
     rs = f"{root}/rs/round{cfg.rs.rounds}/top/sft/model"
     policy = s.policy or (rs if storage.exists(rs) else f"{root}/sft/model")
-    return storage.shared(policy), storage.shared(s.reward_model or f"{root}/rm/model")
+    return storage.publish(policy), storage.publish(s.reward_model or f"{root}/rm/model")
 
 
 def _options(d) -> dict:

@@ -30,10 +30,9 @@ def is_remote(path) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
-def _cache_root() -> Path:
-    from rlhf_ray import models
-
-    return models.cache_dir()
+def cache_dir() -> Path:
+    """This node's cache: converted embedded models and storage downloads (``RLHF_RAY_CACHE``)."""
+    return Path(os.environ.get("RLHF_RAY_CACHE", Path.home() / ".cache" / "rlhf_ray"))
 
 
 def _fs(uri: str):
@@ -58,7 +57,7 @@ def mirror(uri: str) -> Path:
         raise ValueError(f"run_dir {uri}: storage not reachable: {e}") from None
     if not found:
         raise ValueError(f"run_dir {uri}: storage not reachable: bucket {bucket!r} not found")
-    root = (_cache_root() / "runs" / _key(uri.rstrip("/"))).absolute()
+    root = (cache_dir() / "runs" / _key(uri.rstrip("/"))).absolute()
     root.mkdir(parents=True, exist_ok=True)
     (root / MARK).write_text(uri.rstrip("/"))
     pull(root)
@@ -87,7 +86,7 @@ def uri(path) -> str | None:
     return base if rel == "." else f"{base}/{rel}"
 
 
-def shared(path) -> str:
+def publish(path) -> str:
     """A name every node can read: a mirror path is pushed and named by its URI; others are unchanged."""
     u = uri(path)
     if u is None or is_remote(path):
@@ -268,7 +267,7 @@ def local(path) -> str:
     listing = _remote_files(fs, base)
     if not listing:
         raise FileNotFoundError(f"not found in storage: {u}")
-    target = _cache_root() / "fetched" / _key(u) / Path(base).name
+    target = cache_dir() / "fetched" / _key(u) / Path(base).name
     stamp = target.parent / ".listing.json"
     signature = json.dumps({"uri": u, "files": sorted(listing.items())})
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +301,7 @@ def _download(fs, base: str, listing: dict, target: Path) -> None:
 
 def _in_a_mirror(u: str) -> Path | None:
     """This node's mirror copy of ``u`` when its files match storage (the driver's own outputs)."""
-    runs = _cache_root() / "runs"
+    runs = cache_dir() / "runs"
     for mark in runs.glob(f"*/{MARK}") if runs.is_dir() else []:
         base = mark.read_text()
         if u == base or u.startswith(base + "/"):

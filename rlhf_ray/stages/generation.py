@@ -5,7 +5,7 @@ import math
 import time
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest, models, storage, tasks
+from rlhf_ray import cluster, config, data, manifest, models, storage, arithmetic
 from rlhf_ray.config import GenerateConfig, PipelineConfig
 
 
@@ -13,7 +13,7 @@ def prompt_files(cfg: PipelineConfig) -> list[str]:
     if cfg.generate.prompts:
         return data.expand_paths(cfg.generate.prompts)
     if cfg.task.name == "arithmetic":
-        return [tasks.task_files(cfg.task, cfg.run_dir)["prompts"]]
+        return [arithmetic.task_files(cfg.task, cfg.run_dir)["prompts"]]
     raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
 
 
@@ -22,8 +22,8 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     ``template``; skipped when out's manifest matches."""
     from rlhf_ray import generate as vllm_generate
 
-    model_dir = storage.shared(model_dir)  # vLLM actors on any node load it
-    st = manifest.stage("generate", out, {"generate": g, "template": template}, [*prompts, models.locate(model_dir)])
+    model_dir = storage.publish(model_dir)  # vLLM actors on any node load it
+    st = manifest.stage("generate", out, {"generate": g, "template": template}, [*prompts, models.expand_name(model_dir)])
     if st.up_to_date():
         return out / "candidates"
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()
-    candidates.write_parquet(storage.shared(target))  # written by the actors' nodes, into storage if remote
+    candidates.write_parquet(storage.publish(target))  # written by the actors' nodes, into storage if remote
     seconds = time.perf_counter() - start
 
     written = check_accounting(target, m * g.n)
@@ -63,7 +63,7 @@ def check_accounting(path: Path, expected: int):
     (prompt_id, sample_idx) once; raises when a row was lost or repeated."""
     import ray.data
 
-    ds = ray.data.read_parquet(storage.shared(path))
+    ds = ray.data.read_parquet(storage.publish(path))
     rows = ds.count()
     unique = ds.groupby(["prompt_id", "sample_idx"]).count().count() if rows else 0
     if rows != expected or unique != rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import data, evaluation, rewards, selection, stats, storage, tasks
+from rlhf_ray import data, evaluation, rewards, selection, stats, storage, arithmetic
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import generation, scoring
 
@@ -20,7 +20,7 @@ COMPARISONS = [("rs", "sft"), ("rs", "random"), ("rs_rule", "sft"), ("rs_rule", 
 def eval_prompts(cfg: PipelineConfig) -> list[str]:
     if cfg.eval.prompts:
         return data.expand_paths(cfg.eval.prompts)
-    return [tasks.task_files(cfg.task, cfg.run_dir)["eval"]]
+    return [arithmetic.task_files(cfg.task, cfg.run_dir)["eval"]]
 
 
 def _generate(cfg: PipelineConfig, policy: str, n: int, temperature: float, out: Path) -> Path:

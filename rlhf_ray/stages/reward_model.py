@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import cluster, config, data, manifest, models, selection, storage, tasks
+from rlhf_ray import cluster, config, data, manifest, models, objectives, selection, storage, arithmetic
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages import generation, scoring
 
@@ -21,33 +21,20 @@ def encode_dataset(rows, cfg: PipelineConfig, quarantine: Path | None):
 
 
 def _encode(row: dict, objective: str, model: dict, max_len: int) -> dict:
-    from rlhf_ray.train import reward
-
     tok = models.chat_tokenizer(model["name"], model["template"], model["trust_remote_code"])
     where = {"file": row.get("_file"), "line": row.get("_line")}
     try:
-        return {**reward.encode_row(row, objective, tok, model["template"], max_len), **where,
+        return {**objectives.encode_row(row, objective, tok, model["template"], max_len), **where,
                 "field": None, "reason": None}
     except data.BadRecord as e:
-        return {**_empty(objective), **where, "field": e.field, "reason": e.reason}
-
-
-def _empty(objective: str) -> dict:
-    # Same columns as a good row, so that Arrow blocks of good and bad rows share one schema.
-    if objective in ("bt", "margin"):
-        return {"chosen_ids": [], "rejected_ids": [], "margin": 0.0}
-    if objective in ("kwise", "plackett_luce"):
-        return {"completion_ids": [], "ranking": []}
-    if objective == "orm":
-        return {"input_ids": [], "completion_mask": [], "label": 0}
-    return {"input_ids": [], "step_labels": []}
+        return {**objectives.OBJECTIVES[objective].empty, **where, "field": e.field, "reason": e.reason}
 
 
 def with_backbone(cfg: PipelineConfig) -> PipelineConfig:
     """``reward.model.name: sft`` starts the RM from the run's SFT policy, as InstructGPT does. The
     backbone is named so that every node can read it (a mirrored run folder's model by its URI)."""
     name = cfg.reward.model.name
-    name = storage.shared(Path(cfg.run_dir) / "sft" / "model" if name == "sft" else name)
+    name = storage.publish(Path(cfg.run_dir) / "sft" / "model" if name == "sft" else name)
     model = dataclasses.replace(cfg.reward.model, name=name)
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, model=model))
 
@@ -65,7 +52,7 @@ def labelled_samples(cfg: PipelineConfig, policy: str) -> tuple[list[str], list[
     if s.prompts:
         prompts = data.expand_paths(s.prompts)
     elif cfg.task.name != "none":
-        prompts = [tasks.task_files(cfg.task, cfg.run_dir)["rm_prompts"]]
+        prompts = [arithmetic.task_files(cfg.task, cfg.run_dir)["rm_prompts"]]
     else:
         raise config.ConfigError("reward.source=policy_samples needs reward.samples.prompts or a task (task.name)")
     out = Path(cfg.run_dir) / "rm_data"
@@ -127,7 +114,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
         train_files = data.expand_paths(r.data.train)
         eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
     elif cfg.task.name != "none":
-        train_files, eval_files = [tasks.task_files(cfg.task, cfg.run_dir)["pairs"]], []
+        train_files, eval_files = [arithmetic.task_files(cfg.task, cfg.run_dir)["pairs"]], []
     else:
         raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
     cfg = with_backbone(cfg)
@@ -142,7 +129,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     storage.remove(quarantine)
 
     cluster.connect()
-    kind = reward.ROW_KIND[r.objective]
+    kind = objectives.OBJECTIVES[r.objective].row_kind
     adapter = r.data.adapter if r.source == "files" else None  # labelled samples are written in our format
     rows, bad_rows = data.read_dataset(train_files, kind, adapter, r.data.on_bad_rows, quarantine)
     if eval_files:

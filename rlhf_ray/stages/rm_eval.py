@@ -57,7 +57,7 @@ def score(items: list[dict], model_dir: str, e: EvalRMConfig) -> dict[str, float
 
 def run(cfg: PipelineConfig) -> dict:
     e, out = cfg.eval_rm, Path(cfg.run_dir) / "eval_rm"
-    model_dir = storage.shared(e.model_dir or Path(cfg.run_dir) / "rm" / "model")  # scorer actors on any node
+    model_dir = storage.publish(e.model_dir or Path(cfg.run_dir) / "rm" / "model")  # scorer actors on any node
     cluster.connect()
     report: dict = {"model_dir": model_dir}
     if e.pairs:

@@ -20,11 +20,11 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
 
     from rlhf_ray.score import score_dataset
 
-    candidates, model_dir = storage.shared(candidates), storage.shared(model_dir)  # read on any node
+    candidates, model_dir = storage.publish(candidates), storage.publish(model_dir)  # read on any node
     if s.scorer == "function":
         judged_by = [f for f in [rewards.source_file(s.function)] if f]  # an edited checker re-scores
     else:
-        judged_by = [models.locate(model_dir)] if s.scorer != "judge" else []
+        judged_by = [models.expand_name(model_dir)] if s.scorer != "judge" else []
     st = manifest.stage("score", out, {"score": s}, [candidates] + judged_by)
     if st.up_to_date():
         return out / "scored"
@@ -35,7 +35,7 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     target = out / "scored"
     storage.remove(target)
     start = time.perf_counter()
-    scored.write_parquet(storage.shared(target))
+    scored.write_parquet(storage.publish(target))
     seconds = time.perf_counter() - start
 
     done = check_accounting(target, rows)

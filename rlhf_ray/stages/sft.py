@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest, storage, tasks
+from rlhf_ray import cluster, config, data, manifest, storage, arithmetic
 from rlhf_ray.config import PipelineConfig
 
 
@@ -14,7 +14,7 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     if d.train:
         return data.expand_paths(d.train), data.expand_paths(d.eval) if d.eval else []
     if cfg.task.name == "arithmetic":
-        return [tasks.task_files(cfg.task, cfg.run_dir)["sft"]], []
+        return [arithmetic.task_files(cfg.task, cfg.run_dir)["sft"]], []
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 
@@ -23,7 +23,7 @@ def run(cfg: PipelineConfig) -> Path:
     from rlhf_ray.train import runner, sft
 
     # The starting policy by a name every node can read (a mirrored run folder's model by its URI).
-    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=storage.shared(cfg.policy.name)))
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=storage.publish(cfg.policy.name)))
     out = Path(cfg.run_dir) / "sft"
     train_files, eval_files = sft_inputs(cfg)
     st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)

@@ -6,14 +6,15 @@ checkpoints with optimizer state, progress files) lives here once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import importlib
 import json
 import math
 import os
 import tempfile
 from itertools import islice
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import torch
 
@@ -22,12 +23,28 @@ from rlhf_ray.config import PipelineConfig, build
 from rlhf_ray.train import loop
 
 STATE_FILE = "trainer_state.pt"
-RECIPES = {"sft": "rlhf_ray.train.sft:SFTRecipe", "reward": "rlhf_ray.train.reward:RewardRecipe"}
+class Recipe(Protocol):
+    """What a training stage tells the runner (``sft.SFTRecipe``, ``reward.RewardRecipe``)."""
+    name: str    # the stage, in messages and run names
+    units: str   # what the loss averages over, as metrics name it (trained_tokens, units)
 
+    @staticmethod
+    def stage(cfg: PipelineConfig): ...           # the config section with ``train`` and ``scaling``
 
-def recipe(name: str):
-    module, attr = RECIPES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    @staticmethod
+    def tokenizer(cfg: PipelineConfig): ...
+
+    @staticmethod
+    def load_model(cfg: PipelineConfig, tokenizer, source: str | None): ...  # source: a checkpoint folder
+
+    @staticmethod
+    def micro_batches(shard, epoch: int, cfg: PipelineConfig, tokenizer) -> Iterator[dict]: ...
+
+    @staticmethod
+    def loss_fn(model, batch: dict): ...           # (loss summed over units, units), for ``loop.train_step``
+
+    @staticmethod
+    def evaluate(model, micro_batches, device, autocast) -> dict: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +89,7 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    rec = recipe(config["recipe"])
+    rec: Recipe = config["recipe"]
     cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
     stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), config["out_dir"]  # a path or storage URI
     t = stage.train
@@ -83,7 +100,7 @@ def train_worker(config: dict) -> None:
 
     tokenizer = rec.tokenizer(cfg)
     checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else _NoDir()) as ckpt_dir:
+    with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as ckpt_dir:
         model = rec.load_model(cfg, tokenizer, ckpt_dir)
         loop.freeze_lower_layers(model, t.trainable_layers)
         if stage.scaling.strategy == "fsdp" and stage.scaling.num_workers > 1:
@@ -126,14 +143,6 @@ def train_worker(config: dict) -> None:
             _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save, log)
             if last:
                 break
-
-
-class _NoDir:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class MetricsLog:
@@ -201,18 +210,19 @@ def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def fit(name: str, cfg: PipelineConfig, stage, train_ds, eval_ds, out_dir: Path):
-    """Run recipe ``name`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
+def fit(rec: type[Recipe], cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path):
+    """Train ``rec`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    name, stage = rec.name, rec.stage(cfg)
     s = stage.scaling
     p = plan(train_ds.count(), stage, name)
     datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
     trainer = TorchTrainer(
         train_worker,
         # Workers on other nodes write to storage URIs when the run folder is remote.
-        train_loop_config={"recipe": name, "cfg": dataclasses.asdict(cfg), "plan": dataclasses.asdict(p),
+        train_loop_config={"recipe": rec, "cfg": dataclasses.asdict(cfg), "plan": dataclasses.asdict(p),
                            "out_dir": storage.uri(out_dir) or str(out_dir), "datasets": sorted(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker={"CPU": s.cpus_per_worker}),

@@ -25,7 +25,7 @@ def sft_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
     kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     logits = model(input_ids=batch["input_ids"], attention_mask=mask, **kwargs).logits
-    return losses.sft_nll(logits, batch["labels"], num_trained=1), torch.tensor(sft_data.trained_tokens(batch))
+    return losses.sft_nll_sum(logits, batch["labels"]), torch.tensor(sft_data.trained_tokens(batch))
 
 
 def micro_batch(examples: list[dict], packing: bool, pad_id: int) -> dict:
@@ -79,7 +79,7 @@ class SFTRecipe:
     @staticmethod
     def load_model(cfg: PipelineConfig, tokenizer, source: str | None):
         p = cfg.policy
-        model = models.load_policy(source or models.resolve(p.name), p.dtype, p.trust_remote_code)
+        model = models.load_policy(source or models.local_path(p.name), p.dtype, p.trust_remote_code)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model
@@ -98,4 +98,4 @@ class SFTRecipe:
 
 def fit(cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path):
     """Train on Ray Train; returns the final ``ray.train.Result`` and the step plan. Re-running resumes."""
-    return runner.fit("sft", cfg, cfg.sft, train_ds, eval_ds, out_dir)
+    return runner.fit(SFTRecipe, cfg, train_ds, eval_ds, out_dir)

@@ -30,10 +30,8 @@ def tiny_vllm_policy_dir(policy_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vllm_rm_dir(tiny_vllm_policy_dir, tmp_path_factory):
     """A random-weight Llama reward model (last-token scalar head) with the SmolLM2 tokenizer."""
-    from rlhf_ray.train import reward
-
     tok = models.load_tokenizer(str(tiny_vllm_policy_dir))
     path = tmp_path_factory.mktemp("tiny_rm")
-    reward.load_reward_model(str(tiny_vllm_policy_dir), "bt", tok).save_pretrained(path)
+    models.load_reward_model(str(tiny_vllm_policy_dir), "scalar", tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path

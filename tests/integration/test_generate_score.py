@@ -13,14 +13,14 @@ import psutil
 import pytest
 
 from rlhf_ray.stages import generation, scoring
-from rlhf_ray import chat, config, manifest, models, tasks
+from rlhf_ray import chat, config, manifest, models, arithmetic
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 def write_prompts(path: Path, m: int, extra: list[str] = ()) -> Path:
-    tasks.write_arithmetic(path.parent / "task", 0, m, seed=1)
+    arithmetic.write_arithmetic(path.parent / "task", 0, m, seed=1)
     lines = (path.parent / "task" / "prompts.jsonl").read_text().splitlines() + list(extra)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,4 +1,4 @@
-"""MT-Bench judge prompts and verdict parsing."""
+"""MT-Bench judge prompt and rating parsing."""
 import math
 
 from rlhf_ray import judge
@@ -16,19 +16,6 @@ def test_ratings():
     assert judge.parse_rating("Rating: [[7.5]]") == 7.5
     assert judge.parse_rating("I'd say [6]") == 6.0  # MT-Bench's fallback pattern
     assert math.isnan(judge.parse_rating("It is fine."))
-
-
-def test_verdicts_and_position_swap():
-    assert judge.parse_verdict("... so [[A]]") == "A"
-    assert judge.parse_verdict("[[C]]") == "C"
-    assert judge.parse_verdict("either [[A]] or [[B]]") is None
-    assert judge.parse_verdict("no verdict") is None
-    # Second call has the answers swapped: its "B" means the first answer.
-    assert judge.combine_swapped("A", "B") == "A"
-    assert judge.combine_swapped("B", "A") == "B"
-    assert judge.combine_swapped("A", "A") == "C"  # flips with the order: a tie
-    assert judge.combine_swapped("C", "C") == "C"
-    assert judge.combine_swapped("A", None) is None
 
 
 def test_question_is_the_last_user_turn():

@@ -88,7 +88,9 @@ def test_sft_nll_by_hand():
     # vocab 2; position 0 predicts token 1 with logits [0, log 3]: -log(3/4) = 0.28768207
     logits = T([[[0.0, math.log(3)], [5.0, 5.0]]])
     assert close(losses.sft_nll(logits, T([[-100, 1]])), 0.28768207)
-    assert close(losses.sft_nll(logits, T([[-100, 1]]), num_trained=4), 0.28768207 / 4)
+    two = torch.cat([logits, logits])  # two trained tokens: the sum doubles, the mean does not
+    assert close(losses.sft_nll_sum(two, T([[-100, 1], [-100, 1]])), 2 * 0.28768207)
+    assert close(losses.sft_nll(two, T([[-100, 1], [-100, 1]])), 0.28768207)
 
 
 # ---------- slow, obviously correct versions on random inputs

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from rlhf_ray import models
+from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop
-from rlhf_ray.train import reward as rm
+from rlhf_ray.train import reward
 
 P = [{"role": "user", "content": "Say something."}]
 A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
@@ -31,31 +32,31 @@ def rows_for(objective):
 def test_each_objective_lowers_its_loss(objective, tiny_dir):
     tok = models.load_tokenizer(str(tiny_dir))
     torch.manual_seed(0)
-    model = rm.load_reward_model(str(tiny_dir), objective, tok)
+    model = rm.load_model(str(tiny_dir), objective, tok)
     encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
     batch = {**rm.collate(encoded, objective, tok.pad_token_id), "objective": objective}
-    mb = [{"batch": batch, "units": rm._units(batch, objective), "tokens": 0, "padding": 0}]
+    mb = [{"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}]
     opt = loop.build_optimizer(model, 3e-3, 0.0)
     sched = loop.build_scheduler(opt, 40, 0.0, "constant")
-    first = loop.train_step(model, opt, sched, mb, rm.RewardRecipe.loss_fn, 1.0, "cpu").loss
+    first = loop.train_step(model, opt, sched, mb, reward.RewardRecipe.loss_fn, 1.0, "cpu").loss
     for _ in range(40):
-        last = loop.train_step(model, opt, sched, mb, rm.RewardRecipe.loss_fn, 1.0, "cpu").loss
+        last = loop.train_step(model, opt, sched, mb, reward.RewardRecipe.loss_fn, 1.0, "cpu").loss
     assert last < 0.5 * first, (first, last)
-    metrics = rm.evaluate(model, mb, objective, "cpu")
+    metrics = reward.evaluate(model, mb, objective, "cpu")
     key = {"orm": "eval_auc", "prm": "eval_step_accuracy"}.get(objective, "eval_accuracy")
     assert metrics[key] == 1.0
 
 
 def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_dir):
     tok = models.load_tokenizer(str(tiny_dir))
-    model = rm.load_reward_model(str(tiny_dir), "bt", tok).eval()
+    model = rm.load_model(str(tiny_dir), "bt", tok).eval()
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
-    alone = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    alone = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     pad = [tok.pad_token_id] * 5
     right = torch.tensor([ids + pad]), torch.tensor([[1] * len(ids) + [0] * 5])
     left = torch.tensor([pad + ids]), torch.tensor([[0] * 5 + [1] * len(ids)])
     for input_ids, mask in (right, left):
-        assert torch.allclose(rm.sequence_rewards(model, input_ids, mask), alone, atol=1e-5)
+        assert torch.allclose(models.sequence_rewards(model, input_ids, mask), alone, atol=1e-5)
     # transformers' own head agrees on unpadded input (what vLLM's pooling runner sees too)
     assert torch.allclose(model(input_ids=torch.tensor([ids])).logits[:, 0], alone, atol=1e-5)
 
@@ -63,11 +64,11 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_di
 def test_encoder_backbone_without_chat_template_scores_cls():
     from rlhf_ray.models import default_rm_dir
     tok = models.load_tokenizer(str(default_rm_dir()))
-    model = rm.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
+    model = rm.load_model(str(default_rm_dir()), "bt", tok).eval()
     ids, in_completion, _, _ = rm.encode(P, A("Fine."), tok, None, 512)
     assert tok.convert_ids_to_tokens(ids)[0] == "[CLS]" and tok.decode(
         [i for i, c in zip(ids, in_completion) if c]) == "fine."
-    r = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    r = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     assert r.shape == (1,)
 
 
@@ -88,15 +89,15 @@ def test_prm_labels_sit_on_each_steps_last_token(tiny_dir):
 def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     from rlhf_ray.models import default_rm_dir
     tok = models.load_tokenizer(str(default_rm_dir()))
-    model = rm.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
+    model = rm.load_model(str(default_rm_dir()), "bt", tok).eval()
     assert model.config.rlhf_ray_pooling == "mean"
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
-    alone = rm.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-    padded = rm.sequence_rewards(model, torch.tensor([ids + [0] * 4]), torch.tensor([[1] * len(ids) + [0] * 4]))
+    alone = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    padded = models.sequence_rewards(model, torch.tensor([ids + [0] * 4]), torch.tensor([[1] * len(ids) + [0] * 4]))
     assert torch.allclose(alone, padded, atol=1e-5)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    again = rm.load_reward_model(str(tmp_path), "bt", tok).eval()
+    again = rm.load_model(str(tmp_path), "bt", tok).eval()
     assert again.config.rlhf_ray_pooling == "mean"
-    assert torch.allclose(rm.sequence_rewards(again, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
+    assert torch.allclose(models.sequence_rewards(again, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
                           alone, atol=1e-5)

@@ -78,7 +78,7 @@ def test_a_uri_in_this_nodes_mirror_is_read_from_the_mirror(s3_bucket, cache):
     root = storage.mirror(f"{s3_bucket}/run")
     (root / "sft" / "model").mkdir(parents=True)
     (root / "sft" / "model" / "w.bin").write_bytes(b"1")
-    name = storage.shared(root / "sft" / "model")
+    name = storage.publish(root / "sft" / "model")
     assert name == f"{s3_bucket}/run/sft/model"
     assert storage.local(name) == str(root / "sft" / "model")
     storage.write_text(f"{name}/w.bin", "22")  # storage moved on: the mirror is stale, so download
@@ -86,7 +86,7 @@ def test_a_uri_in_this_nodes_mirror_is_read_from_the_mirror(s3_bucket, cache):
 
 
 def test_plain_local_paths_pass_through(tmp_path, cache):
-    assert storage.shared(tmp_path) == str(tmp_path) and storage.uri(tmp_path) is None
+    assert storage.publish(tmp_path) == str(tmp_path) and storage.uri(tmp_path) is None
     assert storage.local(str(tmp_path)) == str(tmp_path)
     assert storage.push(tmp_path) == 0 and storage.pull(tmp_path) == 0
 
