@@ -8,9 +8,7 @@ cluster instead of the driver.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 CHILD = """
 import resource, sys, time
@@ -45,10 +45,10 @@ def main() -> None:
     p.add_argument("--prompts", type=int, nargs="+", default=[200, 2000])
     p.add_argument("--n", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "driver_memory.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "driver_memory.json"))
     args = p.parse_args()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = {"machine": platform.node(), "n": args.n, "max_tokens": args.max_tokens, "runs": {}}
+    res = {**common.machine(), "n": args.n, "max_tokens": args.max_tokens, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "model")
         for m in args.prompts:
@@ -68,7 +68,7 @@ def main() -> None:
     res["rss_ratio_largest_vs_smallest"] = (res["runs"][sizes[-1]]["driver_peak_rss_mb"]
                                             / res["runs"][sizes[0]]["driver_peak_rss_mb"])
     print(f"driver peak RSS ×{res['rss_ratio_largest_vs_smallest']:.2f} for {args.prompts[-1] // args.prompts[0]}× the prompts")
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    common.write(args.out, res)
 
 
 if __name__ == "__main__":

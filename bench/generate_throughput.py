@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray import generate, models, arithmetic  # noqa: E402
 from rlhf_ray.config import GenerateConfig  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> None:
     p.add_argument("--rows-per-call", type=int, default=16)
     p.add_argument("--calls-per-actor", type=int, default=4)
     p.add_argument("--cpus-per-actor", type=int, default=os.cpu_count())
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate_throughput.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "generate_throughput.json"))
     p.add_argument("--bare-worker", help=argparse.SUPPRESS)  # internal: the bare engine's own process
     args = p.parse_args()
     if args.bare_worker:
@@ -125,7 +126,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rows = prompt_rows(args.prompts)
     sampling = generate.Sampling(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
-    res = {"device": "cpu", "machine": platform.node(), "model": "SmolLM2-135M-Instruct", "prompts": len(rows),
+    res = {"device": "cpu", **common.machine(), "model": "SmolLM2-135M-Instruct", "prompts": len(rows),
            "n": args.n, "max_tokens": args.max_tokens, "rows_per_call": args.rows_per_call,
            "calls_per_actor": args.calls_per_actor,
            "cpus_per_actor": args.cpus_per_actor,
@@ -135,10 +136,9 @@ def main() -> None:
     res["pipeline_vs_bare"] = res["ray_data_pipeline"]["tokens_per_s"] / res["bare_vllm"]["tokens_per_s"]
     res["pipeline_vs_transformers"] = res["ray_data_pipeline"]["tokens_per_s"] / res["transformers_generate"]["tokens_per_s"]
     res["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(res, indent=2))
     print(f"Ray Data pipeline / bare vLLM = {res['pipeline_vs_bare']:.2f}x; "
           f"/ transformers generate = {res['pipeline_vs_transformers']:.2f}x (completion tokens/s)")
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    common.write(args.out, res)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import random
 import sys
 import time
@@ -19,6 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray import data, models  # noqa: E402
 from rlhf_ray.score import RewardScorer  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--score-rows", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "rm_throughput.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "rm_throughput.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -120,16 +120,15 @@ def main() -> None:
     fits = [r for r in rows if all(len(ids) < args.max_len - 1 for ids in
                                    (rm.encode(r["prompt"], r[s], tok, None, 10 ** 6)[0] for s in ("chosen", "rejected")))]
     train_rows = fits[: (args.steps + 1) * args.pairs_per_step]
-    res = {"device": "cpu", "machine": platform.node(), "threads": args.threads, "max_len": args.max_len,
+    res = {"device": "cpu", **common.machine(), "threads": args.threads, "max_len": args.max_len,
            "pairs_per_step": args.pairs_per_step, "steps": args.steps,
            "train": {"rlhf_ray": ours(train_rows, tok, args), "trl": trl(train_rows, tok, args)},
            "score": scoring(rows[-args.score_rows:], args)}
     res["train"]["ratio_pairs_per_s"] = res["train"]["rlhf_ray"]["pairs_per_s"] / res["train"]["trl"]["pairs_per_s"]
-    print(json.dumps(res, indent=2))
     print(f"training: rlhf_ray / TRL pairs/s = {res['train']['ratio_pairs_per_s']:.2f}x; scoring: "
           f"length sorting {res['score']['speedup']:.2f}x faster, padding "
           f"{res['score']['length_sorted']['padding_fraction']:.1%} vs {res['score']['unsorted']['padding_fraction']:.1%}")
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    common.write(args.out, res)
 
 
 if __name__ == "__main__":

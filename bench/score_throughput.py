@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import platform
 import random
 import sys
 import time
@@ -21,6 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray.score import RewardScorer  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score_throughput.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "score_throughput.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     prompts, completions = candidates(args.rows)
@@ -65,7 +66,7 @@ def main() -> None:
     timed(scorer, prompts[:32], completions[:32], 32, True)  # warm-up
     perm = random.Random(0).sample(range(len(prompts)), len(prompts))
     orders = {"prompt_grouped": list(range(len(prompts))), "shuffled": perm}
-    res = {"device": "cpu", "machine": platform.node(), "threads": args.threads, "rows": len(prompts),
+    res = {"device": "cpu", **common.machine(), "threads": args.threads, "rows": len(prompts),
            "rows_per_call": args.rows_per_call, "batch_size": args.batch_size, "max_len": args.max_len,
            "rounds": args.rounds}
     for order, idx in orders.items():
@@ -83,8 +84,7 @@ def main() -> None:
         res[order] = r
         print(f"{order}: length sorting {r['speedup']:.2f}x scores/s (tokens run {r['padding_bound']:.2f}x fewer), "
               f"padding {padding['length_sorted']:.1%} vs {padding['unsorted']:.1%} unsorted")
-    print(json.dumps(res, indent=2))
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    common.write(args.out, res)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import os
-import platform
 import socket
 import sys
 import time
@@ -22,6 +20,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray import config  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=8)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_bon.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "serve_bon.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -82,7 +82,7 @@ def main() -> None:
     serve.run(build(cfg), name="best-of-n", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     request(url, 0, 2, True, 8)  # warm-up
-    res = {"device": "cpu", "machine": platform.node(), "policy": "SmolLM2-135M-Instruct", "rm": "all-MiniLM-L6-v2",
+    res = {"device": "cpu", **common.machine(), "policy": "SmolLM2-135M-Instruct", "rm": "all-MiniLM-L6-v2",
            "max_tokens": args.max_tokens, "requests": args.requests, "concurrency": args.concurrency, "by_n": {}}
     for n in args.ns:
         r = latency(url, n, args.requests, args.max_tokens)
@@ -95,7 +95,7 @@ def main() -> None:
               f"{r['best_of_n_requests_per_s']:.2f} vs {r['plain_requests_per_s']:.2f} req/s", flush=True)
     serve.shutdown()
     ray.shutdown()
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    common.write(args.out, res)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray import data, models  # noqa: E402
 from rlhf_ray.train import loop, sft_data  # noqa: E402
@@ -106,14 +106,14 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "sft_throughput.json"))
+    p.add_argument("--out", default=str(common.RESULTS / "sft_throughput.json"))
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tok = models.load_tokenizer(models.DEFAULT_POLICY)
     convs = conversations((args.steps + 1) * args.batch)
-    result = {"device": args.device, "machine": platform.node(), "threads": args.threads, "steps": args.steps,
+    result = {"device": args.device, **common.machine(), "threads": args.threads, "steps": args.steps,
               "batch": args.batch, "max_len": args.max_len, "precision": "bf16 autocast",
               "rlhf_ray": ours(convs, tok, args, args.device), "trl": trl(convs, tok, args, args.device)}
     result["ratio_trained_tokens_per_s"] = (result["rlhf_ray"]["trained_tokens_per_s"]
@@ -122,11 +122,10 @@ def main() -> None:
         n_params = sum(p.numel() for p in models.load_policy(models.DEFAULT_POLICY).parameters())
         result["gpu"] = torch.cuda.get_device_name()
         result["rlhf_ray"]["mfu_vs_h100_bf16"] = 6 * n_params * result["rlhf_ray"]["tokens_per_s"] / H100_BF16_FLOPS
-    print(json.dumps(result, indent=2))
     print(f"rlhf_ray / TRL trained tokens/s: {result['ratio_trained_tokens_per_s']:.2f}x "
           f"(padding {result['rlhf_ray']['padding_fraction']:.1%} vs {result['trl']['padding_fraction']:.1%})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    common.write(args.out, result)
 
 
 if __name__ == "__main__":

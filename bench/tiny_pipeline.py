@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlhf_ray.stages import pipeline, reward_model, scoring  # noqa: E402
+import common  # noqa: E402  (bench/, the script's own folder)
 from rlhf_ray import config, evaluation, manifest, rewards, selection  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
+from rlhf_ray.stages import pipeline, reward_model, scoring  # noqa: E402
 
 
 def synthetic_rm(cfg: PipelineConfig, candidates: Path) -> dict:
@@ -47,29 +45,21 @@ def synthetic_rm(cfg: PipelineConfig, candidates: Path) -> dict:
             "best_of_n": evaluation.best_of_n_curve(proxy, gold, cfg.eval.bon_n, cfg.eval.n_boot)}
 
 
-def relative(value, root: str):
-    """``value`` with the run folder's absolute path replaced by RUN_DIR (no machine paths)."""
-    text = json.dumps(value).replace(root, "RUN_DIR")
-    return json.loads(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", default="runs/bench-tiny")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "tiny_pipeline_results.json"))
+    ap.add_argument("--out", default=str(common.RESULTS / "tiny_pipeline_results.json"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = config.load(PipelineConfig, ROOT / "jobs" / "configs" / "tiny.yaml", [f"run_dir={args.run_dir}", *args.overrides])
     root = Path(cfg.run_dir)
     resumed = (root / "sft" / "manifest.json").exists()
-    start = time.perf_counter()
-    pipeline.run(cfg)
-    wall = time.perf_counter() - start
+    with common.timed() as t:
+        pipeline.run(cfg)
+    wall = t["seconds"]
     results = json.loads((root / "eval" / "results.json").read_text())
     out = {
-        "command": "bench/tiny_pipeline.py " + " ".join(args.overrides),
-        "config": "jobs/configs/tiny.yaml", "overrides": args.overrides,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
+        "config": "jobs/configs/tiny.yaml", "overrides": args.overrides, **common.machine(),
         "pipeline_wall_clock_s": round(wall, 1), "resumed": resumed,
         "results": results,
         "rm": {"policy_samples": {"data": manifest.read(root / "rm_data")["counts"] if cfg.reward.source == "policy_samples" else None,
@@ -78,8 +68,8 @@ def main() -> None:
         "selection": {chain: manifest.read(root / chain / f"round{cfg.rs.rounds}" / "select")["counts"]
                       for chain in ("rs", "rs_rule") if (root / chain).exists()},
     }
-    Path(args.out).write_text(json.dumps(relative(out, str(root)), indent=2) + "\n")
-    print(f"[bench] {args.out}: pipeline {wall:.0f} s; {results.get('verdict', '')}")
+    common.write(args.out, out, {str(root): "RUN_DIR"})
+    print(f"[bench] pipeline {wall:.0f} s; {results.get('verdict', '')}")
 
 
 if __name__ == "__main__":

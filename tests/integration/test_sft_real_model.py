@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from rlhf_ray.stages import sft
 from rlhf_ray import config, manifest
 from rlhf_ray.config import PipelineConfig
+from rlhf_ray.stages import sft
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 

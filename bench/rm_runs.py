@@ -1,0 +1,57 @@
+"""The two reward models the README's RM configs train, trained and evaluated end to end: Bradley-Terry
+on HH-harmless (jobs/configs/rm-hh.yaml), then scored with the AlpacaEval best-of-16 protocol; the GSM8K
+outcome RM (jobs/configs/rm-gsm8k-orm.yaml), then its AUC on the held-out solutions.
+
+    .venv/bin/python bench/rm_runs.py [--run-dir runs/bench-rm] [--bon-limit 200]
+
+Writes bench/results/rm_runs.json: each run's counts, held-out figures and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402  (bench/, the script's own folder)
+from rlhf_ray import config, manifest  # noqa: E402
+from rlhf_ray.config import PipelineConfig  # noqa: E402
+from rlhf_ray.stages import reward_model, rm_eval  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def runs(bon_limit: int) -> dict[str, tuple[str, list[str]]]:
+    return {
+        "hh_bt_minilm": ("rm-hh.yaml", [f"eval_rm.bon_file={DATA / 'alpacaeval_bon16_tulu2dpo13b_compact.jsonl.gz'}",
+                                        f"eval_rm.bon_limit={bon_limit}"]),
+        # The ORM's held-out rows are the file's last 400, as in its training config.
+        "gsm8k_orm_minilm": ("rm-gsm8k-orm.yaml", [f"eval_rm.orm=[{DATA / 'gsm8k_example_model_solutions.jsonl.gz'}]",
+                                                   "eval_rm.orm_limit=400"]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run-dir", default="runs/bench-rm")
+    ap.add_argument("--bon-limit", type=int, default=200, help="AlpacaEval prompts scored (805 in the file)")
+    ap.add_argument("--out", default=str(common.RESULTS / "rm_runs.json"))
+    args = ap.parse_args()
+    out = common.machine()
+    for name, (cfg_file, evals) in runs(args.bon_limit).items():
+        run_dir = Path(args.run_dir).resolve() / name
+        cfg = config.load(PipelineConfig, ROOT / "jobs" / "configs" / cfg_file, [f"run_dir={run_dir}", *evals])
+        with common.timed() as t:
+            reward_model.run(cfg)
+        report = rm_eval.run(cfg)
+        m = manifest.read(run_dir / "rm")
+        out[name] = {"config": f"jobs/configs/{cfg_file}", "overrides": evals, "train_seconds": round(t["seconds"], 1),
+                     "counts": m["counts"], "held_out": m["held_out"],
+                     "evaluation": {k: v for k, v in report.items() if k != "model_dir"}}
+    common.write(args.out, out, {str(Path(args.run_dir).resolve()): "RUN_DIR", str(DATA): "../shared/data"})
+
+
+if __name__ == "__main__":
+    main()
