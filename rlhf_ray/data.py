@@ -337,7 +337,9 @@ def source_names(files: Iterable[str]) -> dict[str, str]:
 
 def _records_for_file(item: dict, kind: str, adapter: str | None) -> Iterator[dict]:
     for rec in parse_file(item["path"], kind, adapter):
-        yield {"row": json.dumps(rec.row) if rec.row is not None else None, "file": rec.file, "line": rec.line,
+        # Later stages (tokenization) still name the file and line of a row they reject.
+        row = None if rec.row is None else json.dumps({**rec.row, "_file": rec.file, "_line": rec.line})
+        yield {"row": row, "file": rec.file, "line": rec.line,
                "field": rec.field, "reason": rec.reason,
                "raw": None if rec.row is not None else json.dumps(rec.raw, default=str)}
 
@@ -355,22 +357,14 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
 
     files = [storage.publish(f) for f in expand_paths(paths)]  # parsed on any node
     tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
-        _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter}
-    ).materialize()
-    bad = tagged.filter(lambda r: r["row"] is None)
-    n_bad = bad.count()
-    if n_bad and on_bad_rows == "error":
-        first = bad.sort(["file", "line"]).take(1)[0]
-        raise BadRecord(first["file"], first["line"], first["field"], first["reason"])
-    if n_bad and quarantine_path is not None:
-        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"], json.loads(r["raw"]))
-                          for r in bad.iter_rows()), quarantine_path)
-    good = tagged.filter(lambda r: r["row"] is not None).map(_with_source)
-    return good, n_bad
+        _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter})
+    good, n_bad = split_bad_rows(tagged, on_bad_rows, quarantine_path)
+    return good.map(lambda r: json.loads(r["row"])), n_bad
 
 
 def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path | None):
-    """Rows carrying ``file, line, field, reason`` (reason None = good) → (good rows, bad count).
+    """Rows carrying ``file, line, field, reason`` (reason None = good; ``raw``, where present, the bad
+    record as read) → (good rows, bad count). The one bad-row policy of every stage.
 
     ``error``: the first bad row (in file order) raises ``BadRecord``; ``quarantine``: bad rows are
     appended to ``quarantine_path``. The bookkeeping columns are dropped from the good rows.
@@ -382,12 +376,10 @@ def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path |
         first = bad.sort(["file", "line"]).take(1)[0]
         raise BadRecord(first["file"], first["line"], first["field"], first["reason"])
     if n_bad and quarantine_path is not None:
-        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"]) for r in bad.iter_rows()),
+        write_quarantine((Record(r["file"], r["line"], None, r["field"], r["reason"],
+                                 json.loads(r["raw"]) if r.get("raw") else None) for r in bad.iter_rows()),
                          quarantine_path, append=True)
-    keep = [c for c in tagged.columns() if c not in ("file", "line", "field", "reason")]
+    keep = [c for c in tagged.columns() if c not in ("file", "line", "field", "reason", "raw")]
     return tagged.filter(lambda r: r["reason"] is None).select_columns(keep).materialize(), n_bad
 
 
-def _with_source(r: dict) -> dict:
-    # Later stages (tokenization) still name the file and line of a row they reject.
-    return {**json.loads(r["row"]), "_file": r["file"], "_line": r["line"]}

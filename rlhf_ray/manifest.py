@@ -86,6 +86,15 @@ class Stage:
         print(f"[{self.name}] {self.out} is up to date (config {self.config_hash}); skipping")
         return True
 
+    def begin(self) -> Path:
+        """The stage's folder, made, without a previous attempt's quarantine file; returns that file's path."""
+        from rlhf_ray import storage
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        quarantine = self.out / "quarantine.jsonl"
+        storage.remove(quarantine)
+        return quarantine
+
     def finish(self, counts: dict, **extra) -> dict:
         section = json.loads(json.dumps(self.section, default=lambda o: config.to_dict(o)
                                         if dataclasses.is_dataclass(o) else str(o)))

@@ -26,9 +26,7 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     st = manifest.stage("generate", out, {"generate": g, "template": template}, [*prompts, models.expand_name(model_dir)])
     if st.up_to_date():
         return out / "candidates"
-    out.mkdir(parents=True, exist_ok=True)
-    quarantine = out / "quarantine.jsonl"
-    storage.remove(quarantine)
+    quarantine = st.begin()
 
     cluster.connect()
     rows, bad = data.read_dataset(prompts, "prompt", g.adapter, g.on_bad_rows, quarantine)

@@ -124,9 +124,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     st = manifest.stage("rm", out, {"reward": r}, train_files + eval_files + backbone)
     if st.up_to_date():
         return out / "model"
-    out.mkdir(parents=True, exist_ok=True)
-    quarantine = out / "quarantine.jsonl"
-    storage.remove(quarantine)
+    quarantine = st.begin()
 
     cluster.connect()
     kind = objectives.OBJECTIVES[r.objective].row_kind

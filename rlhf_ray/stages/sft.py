@@ -29,9 +29,7 @@ def run(cfg: PipelineConfig) -> Path:
     st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)
     if st.up_to_date():
         return out / "model"
-    out.mkdir(parents=True, exist_ok=True)
-    quarantine = out / "quarantine.jsonl"
-    storage.remove(quarantine)
+    quarantine = st.begin()
 
     cluster.connect()
     d = cfg.sft.data

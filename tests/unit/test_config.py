@@ -88,3 +88,10 @@ def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkey
     monkeypatch.chdir("/")
     again = config.absolute_paths(config.build(PipelineConfig, config.to_dict(cfg), "dict"), Path.cwd())
     assert again == cfg
+
+
+def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
+    # The README's serve command on the tiny config: Serve waits forever for CPUs that are not there.
+    s = config.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml").serve
+    parts = (s.generator, s.scorer, s.ingress)
+    assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
