@@ -75,7 +75,7 @@ def main() -> None:
 
     port = free_port()
     cfg = config.load(PipelineConfig, None, ["serve.policy=default", "serve.reward_model=default-rm",
-                                             f"serve.port={port}", "serve.max_model_len=1024",
+                                             f"serve.port={port}", "serve.max_model_len=1024", "serve.max_prompt_tokens=512",
                                              "serve.scorer.num_cpus=1", "serve.generator.num_cpus=1"])
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})

