@@ -49,9 +49,27 @@ class Record:
 # ---------------------------------------------------------------- raw records
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read at all (not gzip, truncated, not Parquet, empty): no row of it can be
+    quarantined, so it stops the stage under either ``on_bad_rows``, naming the file."""
+
+
 def iter_raw(path: str | Path) -> Iterator[tuple[int, object, str | None]]:
-    """(line, record, None) for each record, or (line, text, reason) when it cannot be decoded."""
-    path = Path(path)
+    """(line, record, None) for each record, or (line, text, reason) when it cannot be decoded; a file
+    whose container cannot be read, or that holds no record, raises ``DataFileError`` naming it."""
+    import zlib
+
+    path, n = Path(path), 0
+    try:
+        for n, *rest in _iter_any(path):
+            yield (n, *rest)
+    except (OSError, EOFError, zlib.error) as e:  # truncated or non-gzip .gz, unreadable file or folder
+        raise DataFileError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    if n == 0:
+        raise DataFileError(f"{path}: holds no records")
+
+
+def _iter_any(path: Path):
     name = path.name
     if path.is_dir():
         yield from _iter_datasets_dir(path)
@@ -60,7 +78,7 @@ def iter_raw(path: str | Path) -> Iterator[tuple[int, object, str | None]]:
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         yield from _iter_jsonl(path)
     else:
-        raise ValueError(f"{path}: unknown data format (expected .jsonl, .jsonl.gz, .parquet or a datasets folder)")
+        raise DataFileError(f"{path}: unknown data format (expected .jsonl, .jsonl.gz, .parquet or a datasets folder)")
 
 
 def _iter_jsonl(path: Path):
@@ -81,13 +99,18 @@ def _iter_jsonl(path: Path):
 
 
 def _iter_parquet(path: Path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row, None
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield n, row, None
+    except pa.ArrowException as e:
+        raise DataFileError(f"{path}: not a readable Parquet file: {e}") from None
 
 
 def _iter_datasets_dir(path: Path):
@@ -96,9 +119,9 @@ def _iter_datasets_dir(path: Path):
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:
-        raise ValueError(f"{path}: not a datasets folder (save_to_disk) ({e})") from None
+        raise DataFileError(f"{path}: not a datasets folder (save_to_disk) ({e})") from None
     if isinstance(ds, datasets.DatasetDict):
-        raise ValueError(f"{path}: holds splits {list(ds)}; name one split's folder")
+        raise DataFileError(f"{path}: holds splits {list(ds)}; name one split's folder")
     for n, row in enumerate(ds, start=1):
         yield n, row, None
 
@@ -334,14 +357,19 @@ def source_names(files: Iterable[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- Ray Data
 
+_WHOLE_FILE = "<file>"
+
 
 def _records_for_file(item: dict, kind: str, adapter: str | None) -> Iterator[dict]:
-    for rec in parse_file(item["path"], kind, adapter):
-        # Later stages (tokenization) still name the file and line of a row they reject.
-        row = None if rec.row is None else json.dumps({**rec.row, "_file": rec.file, "_line": rec.line})
-        yield {"row": row, "file": rec.file, "line": rec.line,
-               "field": rec.field, "reason": rec.reason,
-               "raw": None if rec.row is not None else json.dumps(rec.raw, default=str)}
+    try:
+        for rec in parse_file(item["path"], kind, adapter):
+            # Later stages (tokenization) still name the file and line of a row they reject.
+            row = None if rec.row is None else json.dumps({**rec.row, "_file": rec.file, "_line": rec.line})
+            yield {"row": row, "file": rec.file, "line": rec.line, "field": rec.field, "reason": rec.reason,
+                   "raw": None if rec.row is not None else json.dumps(rec.raw, default=str)}
+    except DataFileError as e:
+        # Line 0: the whole file, which the driver reports in one line (not as a Ray task's traceback).
+        yield {"row": None, "file": item["path"], "line": 0, "field": _WHOLE_FILE, "reason": str(e), "raw": None}
 
 
 def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = None,
@@ -372,6 +400,9 @@ def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path |
     tagged = tagged.materialize()
     bad = tagged.filter(lambda r: r["reason"] is not None)
     n_bad = bad.count()
+    unreadable = bad.filter(lambda r: r["field"] == _WHOLE_FILE).take(1) if n_bad else []
+    if unreadable:
+        raise DataFileError(unreadable[0]["reason"])
     if n_bad and on_bad_rows == "error":
         first = bad.sort(["file", "line"]).take(1)[0]
         raise BadRecord(first["file"], first["line"], first["field"], first["reason"])

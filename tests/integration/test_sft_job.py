@@ -1,4 +1,5 @@
 """SFT through Ray Train on the shared local cluster: artifacts, resume, worker failure."""
+import gzip
 import json
 import os
 import signal
@@ -9,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray.stages import sft
 from rlhf_ray import chat, config, job, manifest
 from rlhf_ray.config import PipelineConfig
+from rlhf_ray.stages import sft
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -107,6 +108,17 @@ def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy
                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=error"])
     assert rc == 1
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err
+
+
+def test_a_truncated_gzip_fails_the_job_in_one_line_naming_it_even_under_quarantine(ray_cluster, tiny_policy_dir,
+                                                                                     tmp_path, capsys):
+    data = tmp_path / "convs.jsonl.gz"
+    good = json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+    data.write_bytes(gzip.compress((good + "\n").encode() * 40)[:-30])
+    rc = job.main("sft", "", sft.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+                                       f"sft.data.train=[{data}]", "sft.data.on_bad_rows=quarantine"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"sft: {data}: cannot be read: EOFError") and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -180,3 +180,26 @@ def test_source_names_are_the_paths_below_the_inputs_common_folder():
         "s3://b/x/train/p.jsonl": "train/p.jsonl", "s3://b/x/extra/p.jsonl": "extra/p.jsonl"}
     assert data.source_names(["/d/a.jsonl", "/d/b.jsonl"]) == {"/d/a.jsonl": "a.jsonl", "/d/b.jsonl": "b.jsonl"}
     assert data.source_names(["/data/prompts.jsonl"]) == {"/data/prompts.jsonl": "prompts.jsonl"}
+
+
+def _container_faults(tmp_path):
+    good = (json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+            + "\n").encode() * 50
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress(good)[:-30])
+    (tmp_path / "not_gzip.jsonl.gz").write_bytes(good)
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really parquet")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_bytes(b"\n\n")
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    return {"truncated.jsonl.gz": "cannot be read", "not_gzip.jsonl.gz": "cannot be read",
+            "corrupt.parquet": "not a readable Parquet file", "empty.jsonl": "holds no records",
+            "blank.jsonl": "holds no records", "rows.csv": "unknown data format"}
+
+
+def test_a_file_that_cannot_be_read_at_all_is_one_line_naming_it(tmp_path):
+    for name, reason in _container_faults(tmp_path).items():
+        quarantine = []
+        with pytest.raises(data.DataFileError) as e:  # rows cannot be quarantined from it either
+            list(data.read_records([tmp_path / name], "sft", on_bad_rows="quarantine", quarantine=quarantine))
+        assert str(e.value).startswith(f"{tmp_path / name}: {reason}") and "\n" not in str(e.value), str(e.value)
