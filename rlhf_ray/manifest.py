@@ -87,13 +87,14 @@ class Stage:
         return True
 
     def begin(self) -> Path:
-        """The stage's folder, made, without a previous attempt's quarantine file; returns that file's path."""
+        """The stage's folder, made, without a previous attempt's quarantine files (``quarantine.jsonl``
+        for training or input rows, ``quarantine_eval.jsonl`` for eval rows); returns the first's path."""
         from rlhf_ray import storage
 
         self.out.mkdir(parents=True, exist_ok=True)
-        quarantine = self.out / "quarantine.jsonl"
-        storage.remove(quarantine)
-        return quarantine
+        for name in ("quarantine.jsonl", "quarantine_eval.jsonl"):
+            storage.remove(self.out / name)
+        return self.out / "quarantine.jsonl"
 
     def finish(self, counts: dict, **extra) -> dict:
         section = json.loads(json.dumps(self.section, default=lambda o: config.to_dict(o)

@@ -130,8 +130,9 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     kind = objectives.OBJECTIVES[r.objective].row_kind
     adapter = r.data.adapter if r.source == "files" else None  # labelled samples are written in our format
     rows, bad_rows = data.read_dataset(train_files, kind, adapter, r.data.on_bad_rows, quarantine)
+    eval_quarantine, bad_eval = out / "quarantine_eval.jsonl", 0  # eval rows are quarantined apart, and counted
     if eval_files:
-        eval_rows, _ = data.read_dataset(eval_files, kind, adapter, r.data.on_bad_rows, None)
+        eval_rows, bad_eval = data.read_dataset(eval_files, kind, adapter, r.data.on_bad_rows, eval_quarantine)
     elif r.data.eval_rows:
         rows, eval_rows = rows.split_at_indices([rows.count() - r.data.eval_rows])
     else:
@@ -139,7 +140,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     if r.data.limit:
         rows = rows.limit(r.data.limit)
     train_ds, bad_encoded = encode_dataset(rows, cfg, quarantine)
-    eval_ds = encode_dataset(eval_rows, cfg, None)[0] if eval_rows is not None else None
+    eval_ds, bad_eval_encoded = encode_dataset(eval_rows, cfg, eval_quarantine) if eval_rows is not None else (None, 0)
 
     result, plan = reward.fit(cfg, train_ds, eval_ds, out)
     model_dir = runner.export_checkpoint(result, out)
@@ -148,6 +149,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     (model_dir / "reward_stats.json").write_text(json.dumps({"objective": r.objective, **stats}, indent=2))
     counts = {"rows_quarantined": bad_rows, "quarantined_after_tokenization": bad_encoded,
               "train_rows": train_ds.count(), "eval_rows": eval_ds.count() if eval_ds is not None else 0,
+              "eval_rows_quarantined": bad_eval, "eval_quarantined_after_tokenization": bad_eval_encoded,
               "steps": plan.total_steps}
     held_out = {k: v for k, v in final.items() if k.startswith("eval_")}
     st.finish(counts, held_out=held_out, model_dir=str(model_dir))

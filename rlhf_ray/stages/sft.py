@@ -37,9 +37,13 @@ def run(cfg: PipelineConfig) -> Path:
     if d.limit:
         rows = rows.limit(d.limit)
     encoded, counts = sft.encode_dataset(rows, cfg.policy, cfg.sft, d.on_bad_rows, quarantine)
-    if eval_files:
-        eval_rows, _ = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, None)
-        eval_ds, _ = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, None)
+    eval_counts = {}
+    if eval_files:  # bad eval rows are quarantined (and counted) apart from the training rows
+        eval_quarantine = out / "quarantine_eval.jsonl"
+        eval_rows, bad_eval = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, eval_quarantine)
+        eval_ds, encoded_eval = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, eval_quarantine)
+        eval_counts = {"eval_rows_quarantined": bad_eval,
+                       "eval_quarantined_after_tokenization": encoded_eval["quarantined_after_tokenization"]}
     elif d.eval_rows:
         encoded, eval_ds = encoded.split_at_indices([encoded.count() - d.eval_rows])
     else:
@@ -48,7 +52,7 @@ def run(cfg: PipelineConfig) -> Path:
     result, plan = sft.fit(cfg, encoded, eval_ds, out)
     runner.export_checkpoint(result, out)
     counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
-              "eval_rows": eval_ds.count() if eval_ds is not None else 0, "steps": plan.total_steps}
+              "eval_rows": eval_ds.count() if eval_ds is not None else 0, **eval_counts, "steps": plan.total_steps}
     st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
     print(f"[sft] wrote {out / 'model'}: {counts}")
     return out / "model"

@@ -91,7 +91,10 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
                                        json.dumps({"messages": [{"role": "user", "content": "x " * 400},
                                                                 {"role": "assistant", "content": "ok"}]})]
     data.write_text("\n".join(lines) + "\n")
-    cfg = tiny_cfg(tmp_path, tiny_policy_dir, f"sft.data.train=[{data}]", "sft.train.max_seq_len=64")
+    held_out = tmp_path / "eval.jsonl"  # its bad rows are quarantined too, apart from the training rows'
+    held_out.write_text("\n".join([json.dumps(good), "{broken", json.dumps(good), json.dumps(good)]) + "\n")
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, f"sft.data.train=[{data}]", f"sft.data.eval=[{held_out}]",
+                   "sft.train.max_seq_len=64")
     sft.run(cfg)
     counts = manifest.read(tmp_path / "sft")["counts"]
     assert counts["rows_quarantined"] == 2 and counts["quarantined_after_tokenization"] == 1
@@ -99,6 +102,8 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
     bad = [json.loads(line) for line in open(tmp_path / "sft" / "quarantine.jsonl")]
     assert sorted(b["line"] for b in bad) == [13, 14, 15]
     assert any("no trained tokens left after truncation" in b["reason"] for b in bad)
+    assert counts["eval_rows"] == 3 and counts["eval_rows_quarantined"] == 1
+    assert [json.loads(line)["line"] for line in open(tmp_path / "sft" / "quarantine_eval.jsonl")] == [2]
 
 
 def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy_dir, tmp_path, capsys):
