@@ -387,7 +387,21 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
     tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
         _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter})
     good, n_bad = split_bad_rows(tagged, on_bad_rows, quarantine_path)
-    return good.map(lambda r: json.loads(r["row"])), n_bad
+    # One schema over all files: a column that only some rows carry (a gold answer in a later file) is
+    # kept, and null where a row lacks it.
+    columns = sorted(set().union(*(json.loads(k) for k in good.map_batches(
+        _row_keys, batch_format="numpy").unique("keys"))))
+    return good.map(_with_columns, fn_kwargs={"columns": columns}), n_bad
+
+
+def _row_keys(batch: dict) -> dict:
+    keys = set().union(*(json.loads(r).keys() for r in batch["row"]))
+    return {"keys": [json.dumps(sorted(keys))]}
+
+
+def _with_columns(r: dict, columns: list[str]) -> dict:
+    row = json.loads(r["row"])
+    return {c: row.get(c) for c in columns}
 
 
 def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path | None):

@@ -1,0 +1,19 @@
+"""Prompt files read through Ray Data: one schema over all files."""
+import json
+
+import pytest
+
+from rlhf_ray import data
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def test_a_column_only_a_later_file_carries_is_kept_and_null_elsewhere(ray_cluster, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"q{i}"}]}) + "\n" for i in range(3)))
+    b.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"r{i}"}], "answer": str(i)}) + "\n"
+                         for i in range(2)))
+    rows, bad = data.read_dataset([a, b], "prompt")
+    got = sorted((r["_file"].split("/")[-1], r["_line"], r["answer"]) for r in rows.take_all())
+    assert bad == 0 and got == [("a.jsonl", 1, None), ("a.jsonl", 2, None), ("a.jsonl", 3, None),
+                                ("b.jsonl", 1, "0"), ("b.jsonl", 2, "1")]
