@@ -23,6 +23,8 @@ from rlhf_ray.config import PipelineConfig, build
 from rlhf_ray.train import loop
 
 STATE_FILE = "trainer_state.pt"
+
+
 class Recipe(Protocol):
     """What a training stage tells the runner (``sft.SFTRecipe``, ``reward.RewardRecipe``)."""
     name: str    # the stage, in messages and run names
@@ -203,7 +205,8 @@ def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir
 def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+    # Tensors and plain values only: a checkpoint from storage others can write must not run code on load.
+    state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=True)
     if "optimizer" in state:  # absent only in a final checkpoint, after which no step is left
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
