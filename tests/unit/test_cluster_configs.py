@@ -71,3 +71,35 @@ def test_runtime_env_is_a_valid_ray_runtime_env():
 
     env = RuntimeEnv(**load("cluster/runtime_env.yaml"))
     assert env["working_dir"] == "."
+
+
+def _containers(spec: dict) -> list[dict]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def _token_auth(container: dict) -> bool:
+    env = {e["name"]: e for e in container.get("env", [])}
+    return (env.get("RAY_AUTH_MODE", {}).get("value") == "token"
+            and "secretKeyRef" in env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}))
+
+
+def test_every_shipped_cluster_starts_ray_with_token_auth_and_a_shared_secret():
+    # Ray 2.60 authenticates `ray start` clusters only with RAY_AUTH_MODE=token on every node.
+    launcher = load("cluster/aws-gpu.yaml")
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert "~/.ray/auth_token" in launcher["file_mounts"]
+    job = load("cluster/kuberay/rayjob-pipeline.yaml")
+    assert all(map(_token_auth, _containers(job["spec"]["rayClusterSpec"])))
+    assert all(map(_token_auth, job["spec"]["submitterPodTemplate"]["spec"]["containers"]))
+    svc = load("cluster/kuberay/rayservice-bon.yaml")
+    assert all(map(_token_auth, _containers(svc["spec"]["rayClusterConfig"])))
+
+
+def test_the_network_policy_admits_ray_pods_and_the_serve_port_only():
+    policy = load("cluster/kuberay/networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}
+    opened = [p["port"] for rule in policy["spec"]["ingress"] for p in rule.get("ports", [])]
+    assert opened == [8000]  # the dashboard / job API port is never opened
