@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray import generate, models, arithmetic  # noqa: E402
+from rlhf_ray import arithmetic, generate, models  # noqa: E402
 from rlhf_ray.config import GenerateConfig  # noqa: E402
 
 

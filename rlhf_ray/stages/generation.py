@@ -5,7 +5,9 @@ import math
 import time
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest, models, storage, arithmetic
+import pyarrow.compute as pc
+
+from rlhf_ray import arithmetic, cluster, config, data, manifest, models, storage
 from rlhf_ray.config import GenerateConfig, PipelineConfig
 
 
@@ -47,8 +49,8 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     candidates.write_parquet(storage.publish(target))  # written by the actors' nodes, into storage if remote
     seconds = time.perf_counter() - start
 
-    written = check_accounting(target, m * g.n)
-    tokens = int(written.sum("num_completion_tokens") or 0)
+    written = check_accounting(target, m * g.n, ("num_completion_tokens",))
+    tokens = int(pc.sum(written["num_completion_tokens"]).as_py() or 0)
     counts = {"candidates": m * g.n, "prompts": m, "quarantined": bad + too_long, "completion_tokens": tokens,
               "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
     st.finish(counts, model_dir=model_dir)
@@ -56,19 +58,20 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     return target
 
 
-def check_accounting(path: Path, expected: int):
-    """The written rows as a dataset, after checking that there are ``expected`` rows and each
-    (prompt_id, sample_idx) once; raises when a row was lost or repeated."""
-    import ray.data
+def check_accounting(path: Path, expected: int, columns: tuple[str, ...] = ()):
+    """The written rows' key columns and ``columns`` (a pyarrow Table on the driver's copy), after
+    checking that there are ``expected`` rows and each (prompt_id, sample_idx) once; raises when a row
+    was lost or repeated. Read on the driver: the stages that follow read its copy anyway, and a Ray
+    Data groupby cost more than the whole stage on small runs."""
+    import pyarrow.dataset as pads
 
-    ds = ray.data.read_parquet(storage.publish(path))
-    rows = ds.count()
-    unique = ds.groupby(["prompt_id", "sample_idx"]).count().count() if rows else 0
-    if rows != expected or unique != rows:
-        raise RuntimeError(f"{path}: {rows} rows ({unique} distinct (prompt_id, sample_idx)), expected {expected}: "
-                           "rows lost or repeated")
     storage.pull(path)  # the driver's own copy, for the stages that read it with pandas
-    return ds
+    table = pads.dataset(str(path), format="parquet").to_table(columns=["prompt_id", "sample_idx", *columns])
+    unique = len(set(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist())))
+    if table.num_rows != expected or unique != table.num_rows:
+        raise RuntimeError(f"{path}: {table.num_rows} rows ({unique} distinct (prompt_id, sample_idx)), expected "
+                           f"{expected}: rows lost or repeated")
+    return table
 
 
 def run(cfg: PipelineConfig) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import data, evaluation, rewards, selection, stats, storage, arithmetic
+from rlhf_ray import arithmetic, data, evaluation, rewards, selection, stats, storage
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import generation, scoring
 

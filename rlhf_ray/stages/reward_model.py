@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import cluster, config, data, manifest, models, objectives, selection, storage, arithmetic
+from rlhf_ray import arithmetic, cluster, config, data, manifest, models, objectives, selection, storage
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages import generation, scoring
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from rlhf_ray import cluster, manifest, models, rewards, storage
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages.generation import check_accounting
@@ -38,8 +40,8 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     scored.write_parquet(storage.publish(target))
     seconds = time.perf_counter() - start
 
-    done = check_accounting(target, rows)
-    real, pad = int(done.sum("score_tokens") or 0), int(done.sum("score_padding") or 0)
+    done = check_accounting(target, rows, ("score_tokens", "score_padding"))
+    real, pad = (int(pc.sum(done[c]).as_py() or 0) for c in ("score_tokens", "score_padding"))
     counts = {"candidates": rows, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
               "padding_fraction": round(pad / max(real + pad, 1), 4)}
     st.finish(counts, model_dir=model_dir if s.scorer in ("rm", "vllm") else None)

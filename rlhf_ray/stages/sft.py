@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rlhf_ray import cluster, config, data, manifest, storage, arithmetic
+from rlhf_ray import arithmetic, cluster, config, data, manifest, storage
 from rlhf_ray.config import PipelineConfig
 
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from rlhf_ray.stages import generation, scoring
-from rlhf_ray import chat, config, manifest, models, arithmetic
+from rlhf_ray import arithmetic, chat, config, manifest, models
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
