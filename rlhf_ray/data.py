@@ -404,6 +404,15 @@ def _with_columns(r: dict, columns: list[str]) -> dict:
     return {c: row.get(c) for c in columns}
 
 
+def hold_out(rows, n: int, key: str):
+    """(the rows but the last ``n``, the last ``n``): the held-out split of a dataset without eval files;
+    ``key`` names the setting in the error when there are not more than ``n`` rows."""
+    total = rows.count()
+    if n >= total:
+        raise ValueError(f"{key}={n}: the training data has only {total} rows; hold out fewer")
+    return tuple(rows.split_at_indices([total - n]))
+
+
 def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path | None):
     """Rows carrying ``file, line, field, reason`` (reason None = good; ``raw``, where present, the bad
     record as read) → (good rows, bad count). The one bad-row policy of every stage.

@@ -12,6 +12,9 @@ from rlhf_ray.schema import BadRecord
 
 
 def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: list[str]) -> int:
+    """``--debug`` anywhere in ``argv`` prints the traceback of a user error too."""
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv:
         print(doc)
         return 2
@@ -25,7 +28,7 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
         run(cfg)
         storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
     except (config.ConfigError, BadRecord, FileNotFoundError, ValueError) as e:
-        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+        if debug or (isinstance(e, OSError) and e.errno is not None and e.filename is None):
             traceback.print_exc()  # a system call failed on no named file: only the traceback says where
         # Bad input is the user's to fix: one clear line, not a traceback from inside a library.
         print(f"{name}: {e}", file=sys.stderr)

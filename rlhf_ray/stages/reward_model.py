@@ -134,7 +134,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     if eval_files:
         eval_rows, bad_eval = data.read_dataset(eval_files, kind, adapter, r.data.on_bad_rows, eval_quarantine)
     elif r.data.eval_rows:
-        rows, eval_rows = rows.split_at_indices([rows.count() - r.data.eval_rows])
+        rows, eval_rows = data.hold_out(rows, r.data.eval_rows, "reward.data.eval_rows")
     else:
         eval_rows = None
     if r.data.limit:

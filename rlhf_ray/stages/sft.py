@@ -45,7 +45,7 @@ def run(cfg: PipelineConfig) -> Path:
         eval_counts = {"eval_rows_quarantined": bad_eval,
                        "eval_quarantined_after_tokenization": encoded_eval["quarantined_after_tokenization"]}
     elif d.eval_rows:
-        encoded, eval_ds = encoded.split_at_indices([encoded.count() - d.eval_rows])
+        encoded, eval_ds = data.hold_out(encoded, d.eval_rows, "sft.data.eval_rows")
     else:
         eval_ds = None
 

@@ -1,4 +1,4 @@
-"""Prompt files read through Ray Data: one schema over all files."""
+"""Data read through Ray Data: one schema over all files; held-out splits."""
 import json
 
 import pytest
@@ -17,3 +17,12 @@ def test_a_column_only_a_later_file_carries_is_kept_and_null_elsewhere(ray_clust
     got = sorted((r["_file"].split("/")[-1], r["_line"], r["answer"]) for r in rows.take_all())
     assert bad == 0 and got == [("a.jsonl", 1, None), ("a.jsonl", 2, None), ("a.jsonl", 3, None),
                                 ("b.jsonl", 1, "0"), ("b.jsonl", 2, "1")]
+
+
+def test_holding_out_more_rows_than_there_are_names_the_key(ray_cluster):
+    import ray.data
+
+    train, held = data.hold_out(ray.data.range(10), 3, "sft.data.eval_rows")
+    assert (train.count(), held.count()) == (7, 3)
+    with pytest.raises(ValueError, match=r"sft.data.eval_rows=10: the training data has only 10 rows"):
+        data.hold_out(ray.data.range(10), 10, "sft.data.eval_rows")

@@ -149,3 +149,17 @@ def test_values_at_the_edges_of_what_is_allowed_load():
                                              "sft.train.global_batch_size=16", "sft.train.micro_batch_size=8",
                                              "sft.scaling.num_workers=2", "generate.max_model_len=129"])
     assert cfg.generate.actors == (1, 3) and cfg.sft.scaling.num_workers == 2
+
+
+def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug(capsys):
+    from rlhf_ray import job
+
+    def never(cfg):
+        raise AssertionError("a bad config must stop the job before any stage")
+
+    tiny = str(Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml")
+    assert job.main("sft", "", never, [tiny, "sft.train.lr=-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sft: ") and "sft.train.lr=-1.0" in err and len(err.strip().splitlines()) == 1, err
+    assert job.main("sft", "", never, [tiny, "--debug", "sft.train.lr=-1"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
