@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, storage
+from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, storage
 from rlhf_ray.config import PipelineConfig
 
 
@@ -53,6 +53,8 @@ def run(cfg: PipelineConfig) -> Path:
     runner.export_checkpoint(result, out)
     counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
               "eval_rows": eval_ds.count() if eval_ds is not None else 0, **eval_counts, "steps": plan.total_steps}
+    model_card.write(out / "model", "sft", cfg.policy.name, train_files + eval_files, counts, result.metrics or {},
+                     st.config_hash)
     st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
     print(f"[sft] wrote {out / 'model'}: {counts}")
     return out / "model"

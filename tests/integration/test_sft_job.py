@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_ray import chat, config, job, manifest
@@ -39,6 +40,8 @@ def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_clus
     out = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                          eos_token_id=chat.end_of_turn_ids(tok), pad_token_id=tok.pad_token_id)
     assert out.shape[1] > len(prompt)
+    card = ModelCard.load(model_dir / "README.md")  # the folder describes itself, with the manifest's figures
+    assert "sft" in card.data.tags and '"train_rows": 40' in card.text and m["config_hash"] in card.text
     # Same config and inputs: the stage is skipped (no new metrics written).
     before = (tmp_path / "sft" / "manifest.json").stat().st_mtime
     sft.run(cfg)
