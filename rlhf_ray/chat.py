@@ -308,6 +308,29 @@ def doctor(conversations: Sequence[Sequence[dict]], tokenizer, template: str | N
     return report
 
 
+def preflight(examples: Sequence[tuple[str, Sequence[dict]]], tokenizer, template: str | None = None,
+              mask: MaskStrategy = "all_assistant", **template_kwargs) -> str | None:
+    """The doctor's verdict on ``(where, messages)`` examples, as the training jobs enforce it: None when
+    the template masks them right, else one line naming the template, the first bad example and the fix.
+
+    Refused: a template that is not prefix-preserving under ``all_assistant`` (it rewrites earlier turns,
+    as Qwen3 drops their reasoning, so prefix counts would train the wrong spans), a trained span that is
+    not the assistant content plus its end token, a double BOS.
+    """
+    name = template or getattr(tokenizer, "name_or_path", None) or "the tokenizer's own"
+    for where, messages in examples:
+        report = doctor([messages], tokenizer, template, mask, **template_kwargs)
+        problems = ((report.prefix_violations if mask == "all_assistant" else []) + report.span_mismatches
+                    + (["the rendering starts with two BOS tokens"] if report.double_bos else []))
+        if problems:
+            fix = ("use a template that keeps earlier turns as they were (or a training template with "
+                   "{% generation %} marks), or mask: final_turn") if mask == "all_assistant" else \
+                "fix the template so that an assistant turn renders as its content plus one end token"
+            return (f"{where}: chat template {name} with mask={mask}: "
+                    f"{problems[0].replace('conversation 0: ', '')}; {fix}")
+    return None
+
+
 def _prefix_violations(messages, tokenizer, template, **kw) -> list[str]:
     out = []
     for k in range(1, len(messages)):

@@ -27,9 +27,14 @@ def show_mask(args) -> int:
 
 def doctor(args) -> int:
     tokenizer = models.chat_tokenizer(args.model, args.template, args.trust_remote_code)
-    report = chat.doctor(_conversations(args), tokenizer, args.template, args.mask, args.max_seq_len)
+    conversations = _conversations(args)
+    report = chat.doctor(conversations, tokenizer, args.template, args.mask, args.max_seq_len)
     print(report.summary())
-    return 0 if report.ok else 1
+    # The verdict the SFT job enforces before training (sft.train.template_check).
+    refused = chat.preflight([(f"conversation {n}", m) for n, m in enumerate(conversations)], tokenizer,
+                             args.template, args.mask)
+    print(f"SFT job: {'refuses: ' + refused if refused else 'trains it'}")
+    return 0 if report.ok and not refused else 1
 
 
 def main(argv=None) -> int:

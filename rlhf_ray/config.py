@@ -310,6 +310,9 @@ class TrainConfig:
     micro_batch_size: int = 8             # sequences per forward pass on one worker
     max_seq_len: int = 2048
     mask: Literal["all_assistant", "final_turn"] = "all_assistant"
+    # SFT checks the template's masks on the first conversations before training (chat.preflight): error
+    # stops the job on a template that would train the wrong tokens; warn says so and goes on
+    template_check: Literal["error", "warn"] = "error"
     overlength: Literal["truncate", "reject"] = "truncate"
     packing: bool = True
     bf16: bool = True                     # autocast on GPU; on CPU too when cpu_bf16

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, storage
+from rlhf_ray import arithmetic, chat, cluster, config, data, manifest, model_card, models, storage
 from rlhf_ray.config import PipelineConfig
 
 
@@ -18,6 +19,23 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 
+def check_template(cfg: PipelineConfig, files: list[str], sample: int = 32) -> None:
+    """The mask doctor on the first ``sample`` good conversations, before any training: a template that
+    would train the wrong tokens stops the job (sft.train.template_check=warn: a warning), naming the
+    template, the example and the fix."""
+    from itertools import islice
+
+    d, t, p = cfg.sft.data, cfg.sft.train, cfg.policy
+    records = (r for f in files for r in data.parse_file(f, "sft", d.adapter) if r.row is not None)
+    examples = [(f"{r.file}:{r.line}", r.row["messages"]) for r in islice(records, sample)]
+    problem = chat.preflight(examples, models.chat_tokenizer(p.name, p.template, p.trust_remote_code),
+                             p.template, t.mask)
+    if problem and t.template_check == "error":
+        raise chat.TemplateError(f"{problem} (sft.train.template_check=warn goes on regardless)")
+    if problem:
+        warnings.warn(problem, stacklevel=2)
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Train RUN_DIR/sft/model from cfg.policy on the SFT files; returns the model folder."""
     from rlhf_ray.train import runner, sft
@@ -29,6 +47,7 @@ def run(cfg: PipelineConfig) -> Path:
     st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)
     if st.up_to_date():
         return out / "model"
+    check_template(cfg, train_files)
     quarantine = st.begin()
 
     cluster.connect()

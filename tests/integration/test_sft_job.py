@@ -145,3 +145,21 @@ def test_two_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_di
     initial = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
     assert all(a.shape == b.shape for a, b in zip(trained.parameters(), initial.parameters()))
     assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
+
+
+def test_a_template_that_would_train_the_wrong_tokens_stops_the_job_before_training(tiny_policy_dir, tmp_path,
+                                                                                     capsys):
+    import trl
+
+    qwen3 = os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")
+    data = tmp_path / "convs.jsonl"
+    dialog = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+              {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    data.write_text(json.dumps({"messages": dialog}) + "\n")
+    argv = ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+            f"policy.template={qwen3}", f"sft.data.train=[{data}]"]
+    assert job.main("sft", "", sft.run, argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"sft: {data}:1: chat template {qwen3} with mask=all_assistant: turns 1..")
+    assert "mask: final_turn" in err and "template_check=warn" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sft" / "metrics.jsonl").exists()

@@ -145,3 +145,28 @@ def test_doctor_on_real_templates(name, policy_dir):
     assert report.ok, report.summary()
     # Phi-3 drops its final EOS and gpt-oss swaps <|return|> for <|end|> once a turn is not the last.
     assert report.prefix_preserving == (name not in ("phi3", "gptoss")), report.summary()
+
+
+def test_the_jobs_refuse_qwen3_with_all_assistant_and_accept_its_final_turn(smol_tokenizer):
+    # Qwen3's own template writes an empty think block only into the last turn and drops earlier turns'
+    # reasoning: prefix counts would train only the last answer, silently.
+    qwen3 = os.path.join(TEMPLATES, "qwen3.jinja")
+    examples = [("chats.jsonl:7", DIALOG)]
+    refused = chat.preflight(examples, smol_tokenizer, qwen3, "all_assistant")
+    assert refused.startswith(f"chats.jsonl:7: chat template {qwen3} with mask=all_assistant: turns 1..")
+    assert "not a prefix" in refused and "mask: final_turn" in refused
+    assert chat.preflight(examples, smol_tokenizer, qwen3, "final_turn") is None
+    assert chat.preflight(examples, smol_tokenizer, None, "all_assistant") is None  # SmolLM2's ChatML
+
+
+def test_rlhf_ray_doctor_prints_the_verdict_the_sft_job_enforces(policy_dir, tmp_path, capsys):
+    import json
+
+    from rlhf_ray import cli
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": DIALOG}) + "\n")
+    assert cli.main(["doctor", str(chats), "--template", os.path.join(TEMPLATES, "qwen3.jinja")]) == 1
+    assert "SFT job: refuses: conversation 0: chat template" in capsys.readouterr().out
+    assert cli.main(["doctor", str(chats)]) == 0
+    assert "SFT job: trains it" in capsys.readouterr().out
