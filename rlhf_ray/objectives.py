@@ -21,6 +21,19 @@ from rlhf_ray.schema import BadRecord
 # ---------------------------------------------------------------- text → tokens
 
 
+def texts(prompt: list[dict], completion: list[dict], tokenizer, template: str | None) -> tuple[str, str, bool]:
+    """(prompt text, prompt + completion text, whether a chat template rendered them): chat models use
+    their template; encoders without one (MiniLM) get ``Role: content`` blocks."""
+    if template or getattr(tokenizer, "chat_template", None):
+        head = chat.render_text(prompt, tokenizer, template, add_generation_prompt=True)
+        full = chat.render_text(prompt + completion, tokenizer, template)
+        if not full.startswith(head):
+            raise chat.TemplateError("the completion's rendering does not extend the prompt's")
+        return head, full, True
+    head = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt) + "\n\nAssistant: "
+    return head, head + "\n\n".join(m["content"] for m in completion), False
+
+
 def encode(prompt: list[dict], completion: list[dict], tokenizer, template: str | None, max_len: int):
     """Token ids of prompt + completion and, per token, whether it belongs to the completion.
 
@@ -28,20 +41,12 @@ def encode(prompt: list[dict], completion: list[dict], tokenizer, template: str 
     their own [CLS]/[SEP]. Over ``max_len`` the prompt is cut from the left: the completion is what
     the reward judges.
     """
-    if template or getattr(tokenizer, "chat_template", None):
-        head = chat.render_text(prompt, tokenizer, template, add_generation_prompt=True)
-        full = chat.render_text(prompt + completion, tokenizer, template)
-        if not full.startswith(head):
-            raise chat.TemplateError("the completion's rendering does not extend the prompt's")
-        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        if tokenizer.bos_token_id is not None and chat._adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
-            ids, offsets = [tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
-    else:
-        head = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt) + "\n\nAssistant: "
-        full = head + "\n\n".join(m["content"] for m in completion)
-        enc = tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    head, full, chat_model = texts(prompt, completion, tokenizer, template)
+    enc = tokenizer(full, add_special_tokens=not chat_model, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if chat_model and tokenizer.bos_token_id is not None and chat._adds_bos(tokenizer) \
+            and ids[:1] != [tokenizer.bos_token_id]:
+        ids, offsets = [tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
     in_completion = [int(a >= len(head) and b > a) for a, b in offsets]
     if len(ids) > max_len:
         keep_first = int(not in_completion[0] and ids[0] in tokenizer.all_special_ids)
@@ -54,17 +59,23 @@ def encode(prompt: list[dict], completion: list[dict], tokenizer, template: str 
 
 
 def step_labels(prompt, steps: list[str], labels: list[int], tokenizer, template, max_len: int) -> tuple[list, list]:
-    """PRM: ids of prompt + steps (one per line) and the class of each step at its last token."""
-    ids, _, offsets, start = encode(prompt, [{"role": "assistant", "content": "\n".join(steps)}],
-                                    tokenizer, template, 10 ** 9)
-    ends, pos = [], start
-    for s in steps:
-        pos += len(s)
-        ends.append(pos)  # character just past the step
-        pos += 1          # the newline
-    targets = [IGNORE_INDEX] * len(ids)
-    for end, label in zip(ends, labels):
-        last = max(i for i, (a, b) in enumerate(offsets) if a < end and b > a)
+    """PRM: ids of prompt + steps (one per line) and the class of each step at its last token.
+
+    Each step is found in the text the template rendered, after the previous one (a template may write a
+    think block before the answer, or trim it), and its label goes on the last token that overlaps it.
+    """
+    completion = [{"role": "assistant", "content": "\n".join(steps)}]
+    ids, _, offsets, start = encode(prompt, completion, tokenizer, template, 10 ** 9)
+    full = texts(prompt, completion, tokenizer, template)[1]
+    targets, pos = [IGNORE_INDEX] * len(ids), start
+    for n, (step, label) in enumerate(zip(steps, labels)):
+        at = full.find(step.strip(), pos)
+        if at < 0 or not step.strip():
+            raise ValueError(f"step {n} ({step[:30]!r}) is not in the rendered completion")
+        pos = at + len(step.strip())
+        last = max(i for i, (a, b) in enumerate(offsets) if a < pos and b > a)
+        if targets[last] != IGNORE_INDEX or not offsets[last][0] < pos <= offsets[last][1]:
+            raise ValueError(f"step {n}: no token of its own ends it (a token spans two steps)")
         targets[last] = losses.PRM_CLASSES[label]
     if len(ids) > max_len:
         ids, targets = ids[-max_len:], targets[-max_len:]

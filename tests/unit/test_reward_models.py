@@ -101,3 +101,23 @@ def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     assert again.config.rlhf_ray_pooling == "mean"
     assert torch.allclose(models.sequence_rewards(again, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
                           alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("template", ["qwen3", "trim"])
+def test_prm_labels_follow_the_rendered_text_when_the_template_adds_or_trims(tiny_dir, template, tmp_path):
+    # Qwen3 writes "<think>\n\n</think>\n\n" before the answer; a `| trim` template drops its edges: the
+    # completion is not where the prompt's rendering ends.
+    import os
+
+    import trl
+
+    path = os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")
+    if template == "trim":
+        path = tmp_path / "trim.jinja"
+        path.write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+                        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok = models.load_tokenizer(str(tiny_dir))
+    steps = ["  One plus one is two.", "So x is 3.", "The answer is 3.  "]
+    ids, targets = rm.step_labels(P, steps, [1, 0, -1], tok, str(path), 512)
+    marked = [(tok.decode(ids[: i + 1]).splitlines()[-1].strip(), t) for i, t in enumerate(targets) if t != -100]
+    assert marked == [("One plus one is two.", 2), ("So x is 3.", 1), ("The answer is 3.", 0)]
