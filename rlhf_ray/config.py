@@ -464,6 +464,7 @@ class ScoreConfig:
     rows_per_call: int = 256
     threads: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16 halves CPU scoring time (selection only needs the order)
+    prm_reduce: Literal["min", "mean"] = "min"  # a process RM's score: the min (or mean) over steps of P(step correct)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 

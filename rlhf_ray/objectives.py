@@ -204,9 +204,10 @@ def _ranking_records(out, batch) -> list:
 
 
 def _outcome_records(out, batch) -> list:
-    m = batch["completion_mask"].float()
-    mean_logit = (out[..., 0] * m).sum(1) / m.sum(1).clamp(min=1)
-    return list(zip(mean_logit.tolist(), batch["label"].tolist()))
+    # The logit at the last completion token: the score the scorer and eval_rm read too.
+    last = models.last_token_index(batch["completion_mask"])
+    scores = out[torch.arange(out.size(0), device=out.device), last, 0]
+    return list(zip(scores.tolist(), batch["label"].tolist()))
 
 
 def _steps_records(out, batch) -> list:

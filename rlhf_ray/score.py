@@ -10,7 +10,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from rlhf_ray import models, objectives
+from rlhf_ray import losses, models, objectives
+from rlhf_ray.chat import IGNORE_INDEX
 
 
 class Scorer(Protocol):
@@ -24,25 +25,34 @@ class Scorer(Protocol):
 
 
 class RewardScorer:
-    """Scalar rewards from a sequence-classification RM, or per-sequence scores from an ORM token head
-    (its logit at the last completion token, the verifier's final-token prediction)."""
+    """One score per candidate from any reward-model checkpoint: a sequence-classification RM's scalar; an
+    ORM token head's logit at the last completion token (the verifier's final-token prediction, as
+    training's AUC reads it); a 3-label PRM's probability that a step is correct, at each step's last
+    token (steps: the completion's lines), reduced over the steps by ``prm_reduce`` (min or mean)."""
 
     def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, batch_size: int = 16,
-                 dtype: str = "float32", threads: int = 0):
+                 dtype: str = "float32", threads: int = 0, prm_reduce: str = "min"):
         from transformers import AutoConfig
 
         if threads:
             torch.set_num_threads(threads)
         self.tokenizer = models.chat_tokenizer(model_dir)
-        arch = " ".join(AutoConfig.from_pretrained(models.local_path(model_dir)).architectures or [])
-        self.objective = "orm" if "TokenClassification" in arch else "bt"
+        config = AutoConfig.from_pretrained(models.local_path(model_dir))
+        token_head = "TokenClassification" in " ".join(config.architectures or [])
+        self.objective = ("prm" if config.num_labels == 3 else "orm") if token_head else "bt"
         self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).eval()
-        self.template, self.max_len, self.batch_size = template, max_len, batch_size
+        self.template, self.max_len, self.batch_size, self.prm_reduce = template, max_len, batch_size, prm_reduce
         self.padding = self.real = 0
 
-    def encode(self, prompt: list[dict], completion: list[dict]) -> tuple[list[int], int]:
+    def encode(self, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
+        """Token ids and the positions the score is read at (the last completion token; PRM: each step's)."""
+        if self.objective == "prm":
+            steps = [line for line in "\n".join(m["content"] for m in completion).split("\n") if line.strip()]
+            ids, targets = objectives.step_labels(prompt, steps, [1] * len(steps), self.tokenizer, self.template,
+                                                  self.max_len)
+            return ids, [i for i, t in enumerate(targets) if t != IGNORE_INDEX] or [len(ids) - 1]
         ids, in_completion, _, _ = objectives.encode(prompt, completion, self.tokenizer, self.template, self.max_len)
-        return ids, max(i for i, c in enumerate(in_completion) if c)
+        return ids, [max(i for i, c in enumerate(in_completion) if c)]
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None,
@@ -64,7 +74,12 @@ class RewardScorer:
             self.padding += int(mask.numel() - mask.sum())
             if self.objective == "orm":
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
-                return [float(logits[i, last]) for i, (_, last) in enumerate(items)]
+                return [float(logits[i, at[-1]]) for i, (_, at) in enumerate(items)]
+            if self.objective == "prm":
+                correct = self.model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)[
+                    ..., losses.PRM_CLASSES[1]]
+                reduce = torch.min if self.prm_reduce == "min" else torch.mean
+                return [float(reduce(correct[i, at])) for i, (_, at) in enumerate(items)]
             return models.sequence_rewards(self.model, ids, mask).tolist()
         except torch.OutOfMemoryError:
             # Too large a batch: halve it and retry rather than failing the job.
@@ -132,13 +147,13 @@ class FunctionScorer:
 
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
-                judge: dict | None = None, dtype: str = "float32", function: str = "") -> Scorer:
+                judge: dict | None = None, dtype: str = "float32", function: str = "", prm_reduce: str = "min") -> Scorer:
     if kind == "function":
         if not function:
             raise ValueError("score.scorer=function needs score.function (module:callable)")
         return FunctionScorer(function)
     if kind == "rm":
-        return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads)
+        return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads, prm_reduce)
     if kind == "vllm":
         return VLLMRewardScorer(model_dir, template, max_len)
     if kind == "judge":
@@ -206,6 +221,7 @@ def score_dataset(ds, model_dir: str | Path, s):
         _ScoreActor, batch_size=s.rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"kind": s.scorer, "model_dir": str(model_dir), "template": s.template,
                                "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
-                               "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function},
+                               "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function,
+                               "prm_reduce": s.prm_reduce},
         compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor)

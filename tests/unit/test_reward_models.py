@@ -121,3 +121,23 @@ def test_prm_labels_follow_the_rendered_text_when_the_template_adds_or_trims(tin
     ids, targets = rm.step_labels(P, steps, [1, 0, -1], tok, str(path), 512)
     marked = [(tok.decode(ids[: i + 1]).splitlines()[-1].strip(), t) for i, t in enumerate(targets) if t != -100]
     assert marked == [("One plus one is two.", 2), ("So x is 3.", 1), ("The answer is 3.", 0)]
+
+
+def test_a_trained_prm_checkpoint_is_scored_by_its_steps_probability_of_being_correct(tiny_dir, tmp_path):
+    from rlhf_ray import losses
+    from rlhf_ray.score import RewardScorer
+
+    tok = models.load_tokenizer(str(tiny_dir))
+    torch.manual_seed(0)
+    model = rm.load_model(str(tiny_dir), "prm", tok)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    steps = ["Step one is fine.", "Step two is wrong."]
+    answer = [{"role": "assistant", "content": "\n".join(steps)}]
+    low, mean = (RewardScorer(str(tmp_path), prm_reduce=r).score([P], [answer])[0] for r in ("min", "mean"))
+    ids, targets = rm.step_labels(P, steps, [1, 1], tok, None, 512)
+    with torch.no_grad():
+        p = model(input_ids=torch.tensor([ids])).logits[0].softmax(-1)[:, losses.PRM_CLASSES[1]]
+    at = [i for i, t in enumerate(targets) if t != -100]
+    assert len(at) == 2 and low == pytest.approx(float(p[at].min()), abs=1e-5)
+    assert mean == pytest.approx(float(p[at].mean()), abs=1e-5) and 0 <= low <= mean <= 1
