@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_ray import chat, models, storage
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(1800)  # two pipeline runs of ~12 Ray stages on 2 cores
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Lean: the synthetic-pair RM, no baseline or rule-reward chain, no greedy eval (test_front_door runs those).
