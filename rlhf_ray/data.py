@@ -327,7 +327,7 @@ def expand_paths(spec: str | Iterable[str]) -> list[str]:
     URIs are taken as they are (no globs)."""
     from rlhf_ray import storage
 
-    specs = [spec] if isinstance(spec, str) else list(spec)
+    specs = [str(spec)] if isinstance(spec, (str, Path)) else [str(s) for s in spec]
     out = []
     for s in specs:
         if storage.is_remote(s):
