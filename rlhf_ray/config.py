@@ -222,8 +222,9 @@ def _check(c, where: str, prefix: str) -> None:
         value = getattr(c, f.name)
         if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
             raise ConfigError(f"{where}: {prefix}{f.name}={value!r}: must be {rule[1]}")
-    for key, problem in _relations(c):
-        raise ConfigError(f"{where}: {prefix}{key}={problem}")
+    broken = _relations(c)
+    if broken:
+        raise ConfigError(f"{where}: {prefix}{broken[0][0]}={broken[0][1]}")
 
 
 # ---------------------------------------------------------------- paths
@@ -270,10 +271,18 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _json_default(o):
+    return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
+
+
+def plain(cfg):
+    """A config (or a dict of sections) as plain JSON values, as manifests record it."""
+    return json.loads(json.dumps(cfg, default=_json_default))
+
+
 def config_hash(cfg) -> str:
     """Stable hash of a config's content, for manifests and resume checks."""
-    blob = json.dumps(cfg, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- stage configs

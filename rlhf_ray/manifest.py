@@ -97,9 +97,7 @@ class Stage:
         return self.out / "quarantine.jsonl"
 
     def finish(self, counts: dict, **extra) -> dict:
-        section = json.loads(json.dumps(self.section, default=lambda o: config.to_dict(o)
-                                        if dataclasses.is_dataclass(o) else str(o)))
-        return write(self.out, self.name, section, self.config_hash, self.inputs, counts, **extra)
+        return write(self.out, self.name, config.plain(self.section), self.config_hash, self.inputs, counts, **extra)
 
 
 def stage(name: str, out: str | Path, section: dict, input_paths) -> Stage:
