@@ -86,6 +86,6 @@ class JudgeScorer:
         self.backend = backend
         self.padding = self.real = 0
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
         convs = [single_messages(question_text(p), c[-1]["content"]) for p, c in zip(prompts, completions)]
         return [parse_rating(t) for t in self.backend.complete(convs)]

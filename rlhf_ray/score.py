@@ -20,8 +20,9 @@ class Scorer(Protocol):
     padding: int   # padding tokens scored so far
 
     def score(self, prompts: list[list[dict]], completions: list[list[dict]],
-              rows: list[dict] | None = None) -> list[float]:
-        """One reward per (prompt, completion); ``rows`` are the candidates' other columns (a gold answer)."""
+              columns: dict | None = None) -> list[float]:
+        """One reward per (prompt, completion); ``columns`` is the candidates' batch (numpy columns, such as a
+        gold answer), for the scorers that read it."""
 
 
 class RewardScorer:
@@ -55,7 +56,7 @@ class RewardScorer:
         return ids, [max(i for i, c in enumerate(in_completion) if c)]
 
     @torch.no_grad()
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None,
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None,
               *, sort: bool = True) -> list[float]:
         encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
         # Longest first, batched by similar length: padding stays low (the RLHF book's tip).
@@ -113,7 +114,7 @@ class VLLMRewardScorer:
         self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling")
         self.padding, self.real = 0, 0
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
         from vllm import PoolingParams
 
         ids = [objectives.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
@@ -134,9 +135,12 @@ class FunctionScorer:
         self.spec, self.fn = function, rewards.load(function)
         self.padding = self.real = 0  # no tokens: the padding report reads zero
 
-    def score(self, prompts: list[list[dict]], completions: list[list[dict]], rows: list[dict] | None = None) -> list[float]:
+    def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
         out = []
-        rows = rows or [{} for _ in prompts]
+        # Only this scorer reads the other columns: the rows are built here, not for every scorer.
+        names = list(columns or {})
+        rows = [dict(zip(names, values)) for values in zip(*(columns[c].tolist() for c in names))] if names \
+            else [{} for _ in prompts]
         for p, c, r in zip(prompts, completions, rows):
             try:
                 out.append(float(self.fn(p, "\n\n".join(m["content"] for m in c), r)))
@@ -186,8 +190,7 @@ class _ScoreActor:
         prompts = [as_messages(p) for p in batch["prompt"]]
         completions = [as_messages(c) for c in batch["completion"]]
         before = (self.scorer.real, self.scorer.padding)
-        columns = {k: v.tolist() for k, v in batch.items()}
-        rewards = self.scorer.score(prompts, completions, [dict(zip(columns, vs)) for vs in zip(*columns.values())])
+        rewards = self.scorer.score(prompts, completions, batch)
         # Token counts of this call, so that the job can report the padding fraction.
         real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
         # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.
