@@ -36,6 +36,7 @@ def synthetic_rm(cfg: PipelineConfig, candidates: Path) -> dict:
     model_dir = reward_model.run(other, str(Path(cfg.run_dir) / "sft" / "model"))
     scored = scoring.score(cfg.score, str(candidates), str(model_dir), Path(other.run_dir) / "score")
     df = pd.read_parquet(scored)
+    df = df[~df.greedy]  # the sampled answers only: the greedy one is not a best-of-N candidate
     n = max(cfg.eval.bon_n)
     _, proxy = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward, n)
     gold_fn = rewards.load(cfg.eval.gold)
@@ -64,7 +65,7 @@ def main() -> None:
         "results": results,
         "rm": {"policy_samples": {"data": manifest.read(root / "rm_data")["counts"] if cfg.reward.source == "policy_samples" else None,
                                   "held_out": manifest.read(root / "rm")["held_out"]},
-               "synthetic_pairs": synthetic_rm(cfg, root / "eval" / "sft" / "sampled" / "generate" / "candidates")},
+               "synthetic_pairs": synthetic_rm(cfg, root / "eval" / "sft" / "generate" / "candidates")},
         "selection": {chain: manifest.read(root / chain / f"round{cfg.rs.rounds}" / "select")["counts"]
                       for chain in ("rs", "rs_rule") if (root / chain).exists()},
     }

@@ -174,7 +174,7 @@ _RULES: dict[str, tuple] = {
     **{k: _at_least(0) for k in ("max_steps", "checkpoint_every", "eval_every", "torch_threads", "trainable_layers",
                                  "max_failures", "limit", "eval_rows", "rm_rows", "threads", "pairs_limit", "bon_limit",
                                  "orm_limit", "eval_prompts", "rounds", "top_k", "max_queued_requests", "min_replicas",
-                                 "sft_rows", "prompt_rows")},
+                                 "sft_rows", "prompt_rows", "engine_restarts")},
     **{k: _at_least(0.0) for k in ("cpus_per_actor", "gpus_per_actor", "num_cpus", "num_gpus")},
     "EvalRMConfig.actors": _at_least(1),
     "RMSamplesConfig.max_tokens": (lambda v: v >= 0, "an integer >= 0 (0: generate.max_tokens)"),
@@ -428,6 +428,7 @@ class GenerateConfig:
     adapter: str | None = None            # e.g. gsm8k
     limit: int = 0
     n: int = 4                            # completions per prompt
+    greedy: bool = False                  # also one temperature-0 answer per prompt (sample_idx n, column greedy)
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 128
@@ -440,6 +441,7 @@ class GenerateConfig:
     tensor_parallel: int = 1
     rows_per_call: int = 16               # prompts per actor call (and per block)
     calls_per_actor: int = 4              # concurrent calls whose prompts share the engine's running batch
+    engine_restarts: int = 3              # a failed engine's actor is replaced this often per stage, then the job fails
     kv_cache_gb: int = 1                  # CPU engines only
     threads: int = 0                      # CPU engines: torch threads (0: vLLM's choice, one unless OMP_NUM_THREADS is set)
     on_bad_rows: Literal["error", "quarantine"] = "quarantine"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,40 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from rlhf_ray import chat, models
+from rlhf_ray import chat, models, storage
 
 # Columns of a prompt row that the generator consumes; every other column (e.g. a gold ``answer``)
 # is carried into each candidate.
 _PROMPT_COLS = ("prompt_id", "prompt", "prompt_token_ids", "_file", "_line")
+
+
+class EngineError(RuntimeError):
+    """The engine failed (not the prompts it was given): its process state cannot be trusted."""
+
+
+class EngineFailed(RuntimeError):
+    """A stage's engines failed more often than it replaces them: the job stops with the engine's message."""
+
+
+# One failing call per actor records the failure; the actor's other calls wait here until it ends.
+_replacing = threading.Lock()
+
+
+def replace_actor(failures: str, restarts: int, error: BaseException) -> None:
+    """Record the engine's ``error`` in the stage's ``failures`` folder and end this actor's process:
+    Ray Data restarts it (its pools restart actors without limit) and retries its calls, none of whose
+    rows were returned, so nothing is lost or repeated. A failure past ``restarts`` records raises
+    instead, failing the job. The process ends rather than rebuilding its engine: a failed accelerator
+    context does not recover."""
+    message = f"{type(error).__name__}: {error}"
+    with _replacing:
+        seen = len(storage.read_texts(failures))
+        storage.write_text(f"{failures}/{os.getpid()}.txt", message)  # one record per failed actor process
+        if seen >= restarts:
+            raise EngineFailed(message) from error
+        print(f"vLLM engine failed ({message}); this actor exits and Ray Data replaces it", file=sys.stderr,
+              flush=True)
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -33,6 +63,7 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 128
     seed: int = 0
+    greedy: bool = False  # also one temperature-0 answer per prompt (sample_idx n, greedy=True)
 
 
 def prompt_id(file: str, line: int, sources: dict[str, str] | None = None) -> str:
@@ -117,13 +148,18 @@ class VLLMGenerator:
     """
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
-                 tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0):
+                 tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
+                 restarts: int = 0):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = Sampling(**sampling)
-        self.params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                     output_kind=RequestOutputKind.FINAL_ONLY)  # no partial outputs per step
+        self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
+        once = RequestOutputKind.FINAL_ONLY  # no partial outputs per step
+        self.params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                      output_kind=once)]
+        if s.greedy:  # in the same running batch as the samples: one engine start serves both
+            self.params.append(SamplingParams(n=1, temperature=0.0, max_tokens=s.max_tokens, output_kind=once))
         self._engine_lock = threading.Lock()  # the engine is not thread-safe: adds never overlap a step
         self._done = threading.Condition()  # guards the fields below; notified after every step
         self._ids = itertools.count()
@@ -175,32 +211,43 @@ class VLLMGenerator:
         self._done.notify_all()
 
     def generate(self, token_ids: list[list[int]]):
-        keys = [str(next(self._ids)) for _ in token_ids]
+        """One vLLM output per prompt and sampling parameters (samples, then greedy), prompt by prompt."""
+        keys = [str(next(self._ids)) for _ in range(len(token_ids) * len(self.params))]
         with self._engine_lock:
-            for key, ids in zip(keys, token_ids):  # outputs come back under these (external) ids
-                self.llm.llm_engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, self.params)
+            requests = ((ids, p) for ids in token_ids for p in self.params)
+            for key, (ids, params) in zip(keys, requests):  # outputs come back under these (external) ids
+                self.llm.llm_engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, params)
             with self._done:
                 self._pending.update(keys)
                 self._done.notify_all()
         with self._done:
             self._done.wait_for(lambda: self._error is not None or all(k in self._finished for k in keys))
             if self._error is not None:
-                raise RuntimeError("vLLM engine failed") from self._error
+                raise EngineError("vLLM engine failed") from self._error
             return [self._finished.pop(k) for k in keys]
 
     def __call__(self, batch: dict) -> dict:
-        outputs = self.generate(batch["prompt_token_ids"])
+        try:
+            outputs = self.generate(batch["prompt_token_ids"])
+        except EngineError as e:
+            if not self.failures:
+                raise
+            replace_actor(self.failures, self.restarts, e.__cause__ or e)
         carried = [c for c in batch if c not in _PROMPT_COLS]
-        rows: dict[str, list] = {c: [] for c in ("prompt_id", "sample_idx", "prompt", "completion",
+        rows: dict[str, list] = {c: [] for c in ("prompt_id", "sample_idx", "greedy", "prompt", "completion",
                                                  "num_prompt_tokens", "num_completion_tokens",
                                                  "finish_reason", *carried)}
-        for i, out in enumerate(outputs):
-            for k, o in enumerate(out.outputs):
+        per_prompt = len(self.params)
+        for i in range(len(batch["prompt_id"])):
+            samples = [(o, False) for o in outputs[i * per_prompt].outputs]
+            samples += [(out.outputs[0], True) for out in outputs[i * per_prompt + 1:(i + 1) * per_prompt]]
+            for k, (o, greedy) in enumerate(samples):
                 rows["prompt_id"].append(batch["prompt_id"][i])
                 rows["sample_idx"].append(k)
+                rows["greedy"].append(greedy)
                 rows["prompt"].append(_messages(batch["prompt"][i]))
                 rows["completion"].append(o.text)
-                rows["num_prompt_tokens"].append(len(out.prompt_token_ids))
+                rows["num_prompt_tokens"].append(len(outputs[i * per_prompt].prompt_token_ids))
                 rows["num_completion_tokens"].append(len(o.token_ids))
                 rows["finish_reason"].append(o.finish_reason)
                 for c in carried:
@@ -219,19 +266,20 @@ def _messages(prompt) -> list[dict]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
-def generate_dataset(prompts, model: str, g):
+def generate_dataset(prompts, model: str, g, failures: str = ""):
     """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows,
-    sampled and pooled as the ``generate`` section ``g`` (a ``config.GenerateConfig``) says."""
+    sampled and pooled as the ``generate`` section ``g`` (a ``config.GenerateConfig``) says. With a
+    ``failures`` folder, an actor whose engine fails is replaced up to g.engine_restarts times."""
     from dataclasses import asdict
 
     from ray.data import ActorPoolStrategy
 
-    sampling = Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed)
+    sampling = Sampling(g.n, g.temperature, g.top_p, g.max_tokens, g.seed, g.greedy)
     return prompts.map_batches(
         VLLMGenerator, batch_size=g.rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": g.max_model_len,
                                "dtype": g.dtype, "tensor_parallel": g.tensor_parallel, "kv_cache_gb": g.kv_cache_gb,
-                               "threads": g.threads},
+                               "threads": g.threads, "failures": failures, "restarts": g.engine_restarts},
         compute=ActorPoolStrategy(min_size=g.actors[0], max_size=g.actors[1], enable_true_multi_threading=True,
                                   max_concurrent_calls_per_actor=g.calls_per_actor,
                                   max_tasks_in_flight_per_actor=2 * g.calls_per_actor),

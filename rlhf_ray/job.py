@@ -8,6 +8,7 @@ from typing import Callable
 
 from rlhf_ray import config, storage
 from rlhf_ray.config import PipelineConfig
+from rlhf_ray.generate import EngineFailed
 from rlhf_ray.schema import BadRecord
 
 
@@ -27,10 +28,10 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
             cfg = dataclasses.replace(cfg, run_dir=str(local))
         run(cfg)
         storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
-    except (config.ConfigError, BadRecord, FileNotFoundError, ValueError) as e:
+    except (config.ConfigError, BadRecord, FileNotFoundError, ValueError, EngineFailed) as e:
         if debug or (isinstance(e, OSError) and e.errno is not None and e.filename is None):
             traceback.print_exc()  # a system call failed on no named file: only the traceback says where
-        # Bad input is the user's to fix: one clear line, not a traceback from inside a library.
+        # Bad input (the user's to fix) or engines that kept failing: one clear line, not a library's traceback.
         print(f"{name}: {e}", file=sys.stderr)
         return 1
     return 0

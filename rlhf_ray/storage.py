@@ -242,6 +242,15 @@ def read_text(path: str) -> str | None:
         return f.read().decode()
 
 
+def read_texts(folder: str) -> list[str]:
+    """The texts of a folder's small files (local or in storage), by file name; [] when it is missing."""
+    if not is_remote(folder):
+        d = Path(folder)
+        return [f.read_text() for f in sorted(d.iterdir()) if f.is_file()] if d.is_dir() else []
+    fs, base = _fs(folder)
+    return [read_text(_join(folder.rstrip("/"), rel)) or "" for rel in sorted(_remote_files(fs, base))]
+
+
 def exists(path) -> bool:
     if not is_remote(path):
         return Path(path).exists()

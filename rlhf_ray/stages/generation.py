@@ -42,16 +42,27 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     m = good.count()
     # One block per actor call, so that the pool streams and a lost actor costs one call's retry.
     good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
-    candidates = vllm_generate.generate_dataset(good, model_dir, g)
+    failures = storage.publish(out / "engine_failures")  # one file per failed engine, from any node
+    storage.remove(failures)
+    candidates = vllm_generate.generate_dataset(good, model_dir, g, failures)
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()
-    candidates.write_parquet(storage.publish(target))  # written by the actors' nodes, into storage if remote
+    try:
+        candidates.write_parquet(storage.publish(target))  # written by the actors' nodes, into storage if remote
+    except Exception as e:
+        if failed := storage.read_texts(failures):
+            raise vllm_generate.EngineFailed(
+                f"{out}: vLLM engine failed ({len(failed)} failures; generate.engine_restarts={g.engine_restarts} "
+                f"allows {g.engine_restarts} replacements); its error: {failed[-1]}") from e
+        raise
     seconds = time.perf_counter() - start
 
-    written = check_accounting(target, m * g.n, ("num_completion_tokens",))
+    per_prompt = g.n + g.greedy
+    written = check_accounting(target, m * per_prompt, ("num_completion_tokens",))
     tokens = int(pc.sum(written["num_completion_tokens"]).as_py() or 0)
-    counts = {"candidates": m * g.n, "prompts": m, "quarantined": bad + too_long, "completion_tokens": tokens,
+    counts = {"candidates": m * per_prompt, "prompts": m, "quarantined": bad + too_long,
+              "engines_replaced": len(storage.read_texts(failures)), "completion_tokens": tokens,
               "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
     st.finish(counts, model_dir=model_dir)
     print(f"[generate] wrote {target}: {counts}")

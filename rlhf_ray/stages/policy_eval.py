@@ -1,6 +1,6 @@
-"""Policy evaluation stage: held-out prompts answered by each policy (sampled, and greedy), scored by the
-proxy (the reward model) and the gold reward; the SFT policy's best-of-N curve; paired bootstrap
-intervals for every comparison → RUN_DIR/eval/results.json and per_prompt.json."""
+"""Policy evaluation stage: held-out prompts answered by each policy (sampled, and greedy, from one
+engine), scored by the proxy (the reward model) and the gold reward; the SFT policy's best-of-N curve;
+paired bootstrap intervals for every comparison → RUN_DIR/eval/results.json and per_prompt.json."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,12 +23,6 @@ def eval_prompts(cfg: PipelineConfig) -> list[str]:
     return [arithmetic.task_files(cfg.task, cfg.run_dir)["eval"]]
 
 
-def _generate(cfg: PipelineConfig, policy: str, n: int, temperature: float, out: Path) -> Path:
-    e = cfg.eval
-    g = dataclasses.replace(cfg.generate, n=n, temperature=temperature, adapter=e.adapter, limit=e.limit)
-    return generation.generate(g, cfg.policy.template, policy, eval_prompts(cfg), out)
-
-
 def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
     if "answer" not in df:
         return None
@@ -36,24 +30,25 @@ def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
     return selection.reward_matrix(df.prompt_id, df.sample_idx, values, n)[1]
 
 
-def sample(cfg: PipelineConfig, policy: str, n: int, out: Path) -> tuple[list, np.ndarray, np.ndarray | None]:
-    """n samples per held-out prompt at generate.temperature, scored: (prompt ids, proxy matrix, gold
-    matrix or None)."""
+def sample(cfg: PipelineConfig, policy: str, n: int, out: Path) -> dict:
+    """n samples per held-out prompt at generate.temperature (and, with eval.greedy, one greedy answer,
+    from the same engine), scored: {"ids", "proxy", "gold"} matrices and, with eval.greedy,
+    {"greedy_ids", "greedy_gold"} (gold entries None when the prompts carry no answer)."""
     import pandas as pd
 
-    candidates = _generate(cfg, policy, n, cfg.generate.temperature, out / "generate")
+    e = cfg.eval
+    g = dataclasses.replace(cfg.generate, n=n, greedy=e.greedy, adapter=e.adapter, limit=e.limit)
+    candidates = generation.generate(g, cfg.policy.template, policy, eval_prompts(cfg), out / "generate")
     df = pd.read_parquet(scoring.score(cfg.score, str(candidates), scoring.rm_dir(cfg), out / "score"))
-    ids, proxy = selection.reward_matrix(df.prompt_id, df.sample_idx, df.reward, n)
-    return ids, proxy, _gold_matrix(df, rewards.load(cfg.eval.gold), n)
-
-
-def greedy(cfg: PipelineConfig, policy: str, out: Path) -> tuple[list, np.ndarray | None]:
-    """One greedy answer per held-out prompt: (prompt ids, gold per prompt or None)."""
-    import pandas as pd
-
-    df = pd.read_parquet(_generate(cfg, policy, 1, 0.0, out / "generate"))
-    gold = _gold_matrix(df, rewards.load(cfg.eval.gold), 1)
-    return sorted(set(df.prompt_id)), None if gold is None else gold[:, 0]
+    gold_fn = rewards.load(e.gold)
+    sampled, greedy = df[~df.greedy].reset_index(drop=True), df[df.greedy].reset_index(drop=True)
+    ids, proxy = selection.reward_matrix(sampled.prompt_id, sampled.sample_idx, sampled.reward, n)
+    found = {"ids": ids, "proxy": proxy, "gold": _gold_matrix(sampled, gold_fn, n)}
+    if e.greedy:
+        greedy = greedy.assign(sample_idx=0)  # one column: the greedy answer
+        gold = _gold_matrix(greedy, gold_fn, 1)
+        found.update(greedy_ids=sorted(set(greedy.prompt_id)), greedy_gold=None if gold is None else gold[:, 0])
+    return found
 
 
 def _aligned(ids: list, values: np.ndarray, common: list) -> np.ndarray:
@@ -69,17 +64,16 @@ def run(cfg: PipelineConfig, policies: dict[str, str] | None = None) -> dict:
     per_prompt: dict = {}
     for name, policy in policies.items():
         n = max(e.bon_n) if name == "sft" else e.policy_samples
-        ids, proxy, gold = sample(cfg, policy, n, root / "eval" / name / "sampled")
+        found = sample(cfg, policy, n, root / "eval" / name)
+        ids, proxy, gold = found["ids"], found["proxy"], found["gold"]
         entry = {"model": storage.uri(policy) or policy, "prompts": len(ids), "samples_per_prompt": n,
                  "proxy": float(np.nanmean(proxy)), "gold": None if gold is None else float(np.nanmean(gold))}
         per_prompt[name] = {"prompt_id": ids, "proxy": np.nanmean(proxy, axis=1).tolist()}
         if gold is not None:
             per_prompt[name]["gold"] = np.nanmean(gold, axis=1).tolist()
-        if e.greedy:
-            g_ids, g_gold = greedy(cfg, policy, root / "eval" / name / "greedy")
-            if g_gold is not None:
-                entry["greedy_gold"] = float(g_gold.mean())
-                per_prompt[name]["greedy_gold"] = _aligned(g_ids, g_gold, ids).tolist()
+        if found.get("greedy_gold") is not None:
+            entry["greedy_gold"] = float(found["greedy_gold"].mean())
+            per_prompt[name]["greedy_gold"] = _aligned(found["greedy_ids"], found["greedy_gold"], ids).tolist()
         results["policies"][name] = entry
         if name == "sft":
             results["best_of_n"] = evaluation.best_of_n_curve(proxy, gold, e.bon_n, e.n_boot)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlhf_ray import models
-from rlhf_ray.train import loop, sft_data
+from rlhf_ray.train import loop
 from rlhf_ray.train.sft import micro_batch, sft_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -1,8 +1,11 @@
 """Generation (real vLLM on CPU) → scoring on the shared local cluster: M×N accounting, the
-generation-prompt format, quarantine of prompts that do not fit, and actors killed mid-run."""
+generation-prompt format, quarantine of prompts that do not fit, actors killed mid-run and engines that
+fail."""
+import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 from rlhf_ray.stages import generation, scoring
 from rlhf_ray import arithmetic, chat, config, manifest, models
 from rlhf_ray.config import PipelineConfig
+from rlhf_ray.generate import VLLMGenerator
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -160,3 +164,41 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
     pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "bad" / "part.parquet")
     with pytest.raises(Exception, match=r"reward function rlhf_ray.rewards:final_number failed on prompt_id 'p0'"):
         scoring.score(rule, str(tmp_path / "bad"), "", tmp_path / "score_bad")
+
+
+class _FaultyEngine(VLLMGenerator):
+    """The real generator whose engine fails at its first step in a stage's first actor (not in its
+    replacements). Injected through the module the stage builds its actors from."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        first = Path(kwargs["failures"]).parent / "fault_injected"
+        if not first.exists():
+            first.touch()
+
+            def failing_step():
+                raise RuntimeError("injected engine fault")
+
+            self.llm.llm_engine.step = failing_step
+
+
+def test_an_engine_that_fails_is_replaced_and_no_row_is_lost(ray_cluster, tmp_path, tiny_vllm_policy_dir, monkeypatch):
+    from ray import cloudpickle
+
+    from rlhf_ray import generate
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors unpickle the class above
+    m, n = 12, 3
+    prompts = write_prompts(tmp_path / "prompts.jsonl", m)
+    monkeypatch.setattr(generate, "VLLMGenerator", _FaultyEngine)
+    cfg = pipeline_cfg(tmp_path / "once", prompts, tiny_vllm_policy_dir, "", f"generate.n={n}", "generate.max_tokens=8",
+                       "generate.max_model_len=256", "generate.rows_per_call=4", "generate.engine_restarts=1")
+    df = read(generation.run(cfg))
+    assert len(df) == m * n and not df.duplicated(["prompt_id", "sample_idx"]).any()
+    assert manifest.read(tmp_path / "once" / "generate")["counts"]["engines_replaced"] == 1
+
+    # Past generate.engine_restarts (here none), one message naming the engine's error.
+    cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "always"),
+                              generate=dataclasses.replace(cfg.generate, engine_restarts=0))
+    with pytest.raises(generate.EngineFailed, match=r"\(1 failures; generate.engine_restarts=0 .*: RuntimeError: injected engine fault$"):
+        generation.run(cfg)

@@ -57,6 +57,26 @@ def dropped_requests(model_dir: str) -> str:
     return str(failed.value.__cause__)
 
 
+def samples_and_greedy(model_dir: str) -> tuple[dict, list[str]]:
+    import numpy as np
+
+    batch = {"prompt_id": np.array(["a", "b"]), "prompt": np.array([[], []], dtype=object),
+             "prompt_token_ids": [[100, 200, 300], [101, 201, 301, 401]], "answer": np.array(["x", "y"])}
+    mixed = VLLMGenerator(model_dir, {"n": 2, "max_tokens": 12, "temperature": 1.0, "greedy": True}, 512)(batch)
+    greedy = VLLMGenerator(model_dir, {"n": 1, "max_tokens": 12, "temperature": 0.0}, 512)(batch)
+    return {k: np.asarray(v).tolist() for k, v in mixed.items() if k != "prompt"}, greedy["completion"].tolist()
+
+
+def test_greedy_answers_come_from_the_sampling_engine_as_sample_n(tiny_vllm_policy_dir):
+    rows, alone = in_fresh_process(samples_and_greedy, str(tiny_vllm_policy_dir))
+    assert rows["prompt_id"] == ["a"] * 3 + ["b"] * 3
+    assert rows["sample_idx"] == [0, 1, 2] * 2
+    assert rows["greedy"] == [False, False, True] * 2
+    assert rows["answer"] == ["x"] * 3 + ["y"] * 3  # other prompt columns ride along
+    # the greedy row is what a temperature-0 engine answers alone
+    assert [c for c, g in zip(rows["completion"], rows["greedy"]) if g] == alone
+
+
 def test_concurrent_calls_each_get_their_own_prompts_back(tiny_vllm_policy_dir):
     in_fresh_process(concurrent_calls, str(tiny_vllm_policy_dir))
 
