@@ -388,15 +388,41 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = No
         _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter})
     good, n_bad = split_bad_rows(tagged, on_bad_rows, quarantine_path)
     # One schema over all files: a column that only some rows carry (a gold answer in a later file) is
-    # kept, and null where a row lacks it.
-    columns = sorted(set().union(*(json.loads(k) for k in good.map_batches(
-        _row_keys, batch_format="numpy").unique("keys"))))
-    return good.map(_with_columns, fn_kwargs={"columns": columns}), n_bad
+    # kept, and null where a row lacks it; a column whose type differs between rows stops the stage.
+    found = good.map_batches(_column_types, batch_format="numpy").take_all()
+    return good.map(_with_columns, fn_kwargs={"columns": one_schema(found)}), n_bad
 
 
-def _row_keys(batch: dict) -> dict:
-    keys = set().union(*(json.loads(r).keys() for r in batch["row"]))
-    return {"keys": [json.dumps(sorted(keys))]}
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "number", float: "number", str: "string", list: "list", dict: "object"}[type(value)]
+
+
+def _column_types(batch: dict) -> dict:
+    """Each (column, JSON type) the batch's rows hold, with the first row (file:line) that holds it."""
+    first: dict[tuple[str, str], str] = {}
+    for r in batch["row"]:
+        row = json.loads(r)
+        for c, v in row.items():
+            kind = "null" if v is None or c in ("_file", "_line") else _json_type(v)
+            first.setdefault((c, kind), f"{row['_file']}:{row['_line']}")
+    return {"column": [c for c, _ in first], "type": [t for _, t in first], "at": list(first.values())}
+
+
+def one_schema(found: list[dict]) -> list[str]:
+    """The columns of all rows, from ``_column_types`` records; a column holding two types (a string
+    answer in one file, a number in another) is an error naming a row of each."""
+    seen: dict[str, dict[str, str]] = {}
+    for x in found:
+        seen.setdefault(x["column"], {}).setdefault(x["type"], x["at"])
+    for column, kinds in sorted(seen.items()):
+        kinds.pop("null", None)
+        if len(kinds) > 1:
+            (t1, at1), (t2, at2) = sorted(kinds.items(), key=lambda kv: kv[1])[:2]
+            raise DataFileError(f"{at1}: {column}: a {t1} here but a {t2} at {at2}; a column holds one type "
+                                "in every file")
+    return sorted(seen)
 
 
 def _with_columns(r: dict, columns: list[str]) -> dict:

@@ -19,6 +19,15 @@ def test_a_column_only_a_later_file_carries_is_kept_and_null_elsewhere(ray_clust
                                 ("b.jsonl", 1, "0"), ("b.jsonl", 2, "1")]
 
 
+def test_a_column_whose_type_differs_between_files_names_a_row_of_each(ray_cluster, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    prompt = [{"role": "user", "content": "q"}]
+    a.write_text(json.dumps({"prompt": prompt, "answer": "7"}) + "\n" + json.dumps({"prompt": prompt, "answer": None}) + "\n")
+    b.write_text(json.dumps({"prompt": prompt}) + "\n" + json.dumps({"prompt": prompt, "answer": 7}) + "\n")
+    with pytest.raises(data.DataFileError, match=r"a\.jsonl:1: answer: a string here but a number at \S*b\.jsonl:2; "):
+        data.read_dataset([a, b], "prompt", on_bad_rows="quarantine", quarantine_path=tmp_path / "q.jsonl")
+
+
 def test_holding_out_more_rows_than_there_are_names_the_key(ray_cluster):
     import ray.data
 
