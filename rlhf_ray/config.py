@@ -470,6 +470,7 @@ class ScoreConfig:
     actors: tuple[int, ...] = (1, 1)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    engine_restarts: int = 3              # scorer=vllm: a failed engine's actor is replaced this often, then the job fails
     # Per actor call; length sorting works within one: padding 3.4% at 256, 10.9% at 64
     # (bench/results/score_throughput*.json, shuffled candidates).
     rows_per_call: int = 256

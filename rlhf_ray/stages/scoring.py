@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from rlhf_ray import cluster, manifest, models, rewards, storage
 from rlhf_ray.config import PipelineConfig, ScoreConfig
-from rlhf_ray.stages.generation import check_accounting
+from rlhf_ray.stages.generation import check_accounting, engine_failures, write_replacing_engines
 
 
 def rm_dir(cfg: PipelineConfig) -> str:
@@ -33,16 +33,17 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     cluster.connect()
     ds = ray.data.read_parquet(candidates)
     rows = ds.count()
-    scored = score_dataset(ds, model_dir, s)
+    failures = engine_failures(out)
+    scored = score_dataset(ds, model_dir, s, failures)
     target = out / "scored"
     storage.remove(target)
     start = time.perf_counter()
-    scored.write_parquet(storage.publish(target))
+    replaced = write_replacing_engines(scored, target, failures, "score", s.engine_restarts)
     seconds = time.perf_counter() - start
 
     done = check_accounting(target, rows, ("score_tokens", "score_padding"))
     real, pad = (int(pc.sum(done[c]).as_py() or 0) for c in ("score_tokens", "score_padding"))
-    counts = {"candidates": rows, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
+    counts = {"candidates": rows, "engines_replaced": replaced, "seconds": round(seconds, 2), "scores_per_s": round(rows / seconds, 2),
               "padding_fraction": round(pad / max(real + pad, 1), 4)}
     st.finish(counts, model_dir=model_dir if s.scorer in ("rm", "vllm") else None)
     print(f"[score] wrote {target}: {counts}")

@@ -179,7 +179,7 @@ class _FaultyEngine(VLLMGenerator):
             def failing_step():
                 raise RuntimeError("injected engine fault")
 
-            self.llm.llm_engine.step = failing_step
+            self.engine.llm.llm_engine.step = failing_step
 
 
 def test_an_engine_that_fails_is_replaced_and_no_row_is_lost(ray_cluster, tmp_path, tiny_vllm_policy_dir, monkeypatch):

@@ -1,5 +1,6 @@
-"""VLLMGenerator (real vLLM on CPU, a tiny random model) outside Ray: concurrent calls share one engine
-and each gets its own outputs back; failures reach the waiting calls instead of hanging them.
+"""VLLMGenerator and its Engine (real vLLM on CPU, a tiny random model) outside Ray: concurrent calls
+share one engine and each gets its own outputs back; aborted requests leave the running batch; failures
+reach the waiting calls instead of hanging them.
 
 Each check runs in a fresh process: vLLM's CPU platform walks every loaded module when it builds an
 engine and trips over flask's context proxies, which the S3 test server (moto) leaves in this one."""
@@ -40,21 +41,37 @@ def concurrent_calls(model_dir: str) -> None:
     for t, outs in got.items():
         assert [list(o.prompt_token_ids) for o in outs] == prompts[t]
         assert all(len(o.outputs) == 2 for o in outs)
-    assert not g._pending and not g._finished  # nothing left behind
+    assert not g.engine._futures and not g.engine._new  # nothing left behind
 
 
 def dropped_requests(model_dir: str) -> str:
     g = VLLMGenerator(model_dir, {"n": 2, "max_tokens": 8}, 512)
-    engine = g.llm.llm_engine
+    engine = g.engine.llm.llm_engine
 
     def dropping_step():  # the engine forgets every request and produces nothing
-        engine.abort_request(list(g._pending))
+        engine.abort_request(list(g.engine._futures))
         return []
 
     engine.step = dropping_step
     with pytest.raises(RuntimeError, match="vLLM engine failed") as failed:
         g.generate([[1, 2, 3, 4]] * 4)
     return str(failed.value.__cause__)
+
+
+def aborted_request(model_dir: str) -> tuple[bool, int, bool]:
+    import time
+
+    from vllm import SamplingParams
+
+    g = VLLMGenerator(model_dir, {"n": 1, "max_tokens": 8}, 512)
+    engine = g.engine.llm.llm_engine
+    long, short = SamplingParams(max_tokens=400, ignore_eos=True), SamplingParams(max_tokens=200, ignore_eos=True)
+    keys, futures = g.engine.submit([([1, 2, 3], long), ([4, 5, 6], short)])
+    while not engine.has_unfinished_requests():  # both are in the running batch
+        time.sleep(0.01)
+    g.engine.abort(keys[:1])  # its caller went away
+    out = futures[1].result(timeout=120)
+    return futures[0].done(), len(out.outputs[0].token_ids), engine.has_unfinished_requests()
 
 
 def samples_and_greedy(model_dir: str) -> tuple[dict, list[str]]:
@@ -65,6 +82,11 @@ def samples_and_greedy(model_dir: str) -> tuple[dict, list[str]]:
     mixed = VLLMGenerator(model_dir, {"n": 2, "max_tokens": 12, "temperature": 1.0, "greedy": True}, 512)(batch)
     greedy = VLLMGenerator(model_dir, {"n": 1, "max_tokens": 12, "temperature": 0.0}, 512)(batch)
     return {k: np.asarray(v).tolist() for k, v in mixed.items() if k != "prompt"}, greedy["completion"].tolist()
+
+
+def test_an_aborted_request_leaves_the_running_batch_and_the_others_finish(tiny_vllm_policy_dir):
+    done, tokens, unfinished = in_fresh_process(aborted_request, str(tiny_vllm_policy_dir))
+    assert (done, tokens, unfinished) == (False, 200, False)  # the 400-token request stopped early
 
 
 def test_greedy_answers_come_from_the_sampling_engine_as_sample_n(tiny_vllm_policy_dir):

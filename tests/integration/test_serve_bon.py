@@ -142,6 +142,31 @@ def test_overload_is_answered_with_503_not_an_unbounded_queue(endpoint):
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
 
 
+def test_requests_join_one_running_batch_and_a_cancelled_one_is_aborted(endpoint):
+    from ray import serve
+
+    from rlhf_ray import chat, models
+
+    gen = serve.get_deployment_handle("Generator", app_name="best-of-n")
+    ids = chat.render_prompt(ASK, models.chat_tokenizer(endpoint[1].serve.policy))
+    request = {"prompt_token_ids": ids, "n": 64, "temperature": 1.0, "top_p": 1.0, "max_tokens": 480, "seed": None,
+               "ignore_eos": True}
+    before = gen.info.remote().result()["aborted"]
+    long = gen.generate.remote(request)
+    deadline = time.time() + 30
+    while gen.info.remote().result()["in_flight"] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    short = gen.generate.remote({**request, "n": 1, "max_tokens": 4})
+    assert len(short.result(timeout_s=60)) == 1  # answered while the long request still runs
+    assert gen.info.remote().result()["in_flight"] == 1
+    long.cancel()  # what Ray Serve does to the calls of a client that disconnected
+    deadline = time.time() + 30
+    while gen.info.remote().result()["aborted"] == before and time.time() < deadline:
+        time.sleep(0.1)
+    info = gen.info.remote().result()
+    assert (info["aborted"], info["in_flight"]) == (before + 1, 0)
+
+
 def test_a_crashed_generator_replica_is_restarted_and_the_endpoint_answers_again(endpoint):
     from ray import serve
 
