@@ -1,18 +1,27 @@
 """Chat rendering and prompt masking, pure (no Ray, no vLLM).
 
-Trained spans come from token counts of conversation prefixes: the tokens of
-``render(messages[:i], add_generation_prompt=True)`` are the prompt of assistant turn ``i``
-and the tokens of ``render(messages[:i + 1])`` end it. Nothing searches the rendered string.
+Trained spans come from the template's ``{% generation %}`` marks where it has them (TRL's
+``*_training.jinja``; the character spans transformers' ``return_assistant_tokens_mask`` uses), else from
+token counts of conversation prefixes: the tokens of ``render(messages[:i], add_generation_prompt=True)``
+are the prompt of assistant turn ``i`` and the tokens of ``render(messages[:i + 1])`` end it. Nothing
+searches the rendered string.
+
+Reasoning (``reasoning_content`` on an assistant message) is the template's to render: kept where it
+writes it (Qwen3: the turns after the last user message, i.e. the final turn), dropped where it drops it
+(earlier turns), exactly as at inference. A template that never writes it is refused, not silently
+trained without it.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 IGNORE_INDEX = -100
 MaskStrategy = Literal["all_assistant", "final_turn"]
 MASK_STRATEGIES = ("all_assistant", "final_turn")
+GENERATION_MARK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 # The seed's formats. Each gives the assistant header as the generation prompt.
 BUILTIN_TEMPLATES = {
@@ -69,7 +78,26 @@ def resolve_template(tokenizer, template: str | None = None) -> str:
             raise TemplateError(f"chat template file not found: {template}")
         with open(template, encoding="utf-8") as f:
             return f.read()
-    raise TemplateError(f"unknown chat template {template!r}: use {sorted(BUILTIN_TEMPLATES)} or a .jinja path")
+    shipped = trl_templates()
+    if template in shipped:
+        with open(shipped[template], encoding="utf-8") as f:
+            return f.read()
+    raise TemplateError(f"unknown chat template {template!r}: use {sorted(BUILTIN_TEMPLATES)}, a .jinja path"
+                        + (f" or a template trl ships ({', '.join(sorted(shipped))})" if shipped else ""))
+
+
+def trl_templates() -> dict[str, str]:
+    """The chat templates the ``trl`` package ships, by name (``qwen3``, ``qwen3_training``, ...): the
+    ``_training`` ones carry ``{% generation %}`` marks. Empty when trl is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = os.path.join(spec.submodule_search_locations[0], "chat_templates")
+    if not os.path.isdir(folder):
+        return {}
+    return {f[: -len(".jinja")]: os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jinja")}
 
 
 def add_template_tokens(tokenizer, template: str | None) -> int:
@@ -117,6 +145,21 @@ class _Encoded:
     turn_chars: list[int]    # the same boundaries as character offsets in the rendered text
 
 
+def _pieces(text: str, cuts: list[int], tokenizer) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+    """Tokens of ``text`` tokenized piece by piece between ``cuts``: ids, character offsets, and the
+    token index where each cut falls."""
+    ids, offsets, starts = [], [], []
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        if a > 0:
+            starts.append(len(ids))
+        piece = tokenize(text[a:b], tokenizer, first=a == 0)
+        spans = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"] \
+            if b > a else []
+        offsets += [(0, 0)] * (len(piece) - len(spans)) + [(a + x, a + y) for x, y in spans]  # a BOS added first
+        ids += piece
+    return ids, offsets, starts
+
+
 def _encode(messages, tokenizer, template, add_generation_prompt, **kw) -> _Encoded:
     """Tokenize the rendering in pieces cut where each assistant turn begins.
 
@@ -135,12 +178,7 @@ def _encode(messages, tokenizer, template, add_generation_prompt, **kw) -> _Enco
                 "the template renders earlier turns differently once later turns exist"
             )
         cuts.append(len(prompt))
-    ids, starts, prev = [], [], 0
-    for cut in cuts:
-        ids += tokenize(text[prev:cut], tokenizer, first=prev == 0)
-        starts.append(len(ids))
-        prev = cut
-    ids += tokenize(text[prev:], tokenizer, first=prev == 0)
+    ids, _, starts = _pieces(text, cuts, tokenizer)
     return _Encoded(ids, starts, cuts)
 
 
@@ -159,11 +197,53 @@ def render(messages: Sequence[dict], tokenizer, mask: MaskStrategy = "all_assist
     """
     if mask not in MASK_STRATEGIES:
         raise ValueError(f"mask must be one of {MASK_STRATEGIES}, got {mask!r}")
+    source = resolve_template(tokenizer, template)
+    _check_reasoning(messages, source)
+    if GENERATION_MARK.search(source):
+        return _render_marked(messages, tokenizer, mask, template, source, **template_kwargs)
     enc = _encode(messages, tokenizer, template, False, **template_kwargs)
     labels = [IGNORE_INDEX] * len(enc.ids)
     for start, end in _assistant_spans(messages, tokenizer, mask, template, enc, **template_kwargs):
         labels[start:end] = enc.ids[start:end]
     return Rendered(enc.ids, labels)
+
+
+def _render_marked(messages, tokenizer, mask, template, source: str, **kw) -> Rendered:
+    """The template's ``{% generation %}`` blocks are the trained spans (the final turn: the last run of
+    adjacent blocks, as Phi-3 marks its closing EOS apart). Tokenized in pieces cut where each block
+    begins, so that no BPE merge crosses into a trained span."""
+    text = render_text(messages, tokenizer, template, **kw)
+    blocks = []
+    for a, b in _marked_blocks(messages, tokenizer, source, text, **kw):
+        if blocks and blocks[-1][1] == a:
+            blocks[-1] = (blocks[-1][0], b)
+        elif b > a:
+            blocks.append((a, b))
+    if mask == "final_turn":
+        blocks = blocks[-1:]
+    ids, offsets, _ = _pieces(text, sorted({a for a, _ in blocks} - {0}), tokenizer)
+    # A token is trained when it overlaps a block, as transformers' mask counts it.
+    labels = [t if any(x < b and y > a for a, b in blocks) else IGNORE_INDEX for t, (x, y) in zip(ids, offsets)]
+    return Rendered(ids, labels)
+
+
+def _marked_blocks(messages, tokenizer, source: str, text: str, **kw) -> list[tuple[int, int]]:
+    """Character spans of the template's ``{% generation %}`` blocks in ``text`` (transformers' own
+    renderer, with the variables ``apply_chat_template`` gives it)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, blocks = render_jinja_template([list(messages)], chat_template=source, return_assistant_tokens_mask=True,
+                                             **{**tokenizer.special_tokens_map, **kw})
+    if rendered[0] != text:
+        raise TemplateError("the template renders differently for its generation marks than for training")
+    return [tuple(b) for b in blocks[0]]
+
+
+def _check_reasoning(messages, source: str) -> None:
+    if any(m.get("reasoning_content") for m in messages) and "reasoning_content" not in source:
+        raise TemplateError("messages carry reasoning_content but the chat template never writes it, so it "
+                            "would not be trained: use the model's own template (e.g. Qwen3's) or put the "
+                            "reasoning into content as <think>...</think>")
 
 
 def _assistant_spans(messages, tokenizer, mask, template, enc: _Encoded, **kw) -> list[tuple[int, int]]:
@@ -332,9 +412,14 @@ def preflight(examples: Sequence[tuple[str, Sequence[dict]]], tokenizer, templat
 
 
 def _prefix_violations(messages, tokenizer, template, **kw) -> list[str]:
+    import jinja2
+
     out = []
     for k in range(1, len(messages)):
-        shorter = render_text(messages[:k], tokenizer, template, **kw)
+        try:
+            shorter = render_text(messages[:k], tokenizer, template, **kw)
+        except jinja2.TemplateError:  # a part no turn is trained on alone (Qwen3 needs a user query)
+            continue
         longer = render_text(messages[: k + 1], tokenizer, template, **kw)
         if not longer.startswith(shorter):
             at = _common_prefix(shorter, longer)
@@ -354,9 +439,12 @@ def _span_problems(messages, rendered: Rendered, tokenizer, mask) -> list[str]:
     problems = []
     for (start, end), turn in zip(spans, turns):
         ids = rendered.input_ids[start:end]
-        # Channel names (gpt-oss) may precede the content; only special tokens and whitespace follow it.
+        # Channel names (gpt-oss) may precede the content; only special tokens and whitespace follow it
+        # (a generation mark may close after the separator the template writes).
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        if ids[-1] not in special or not text.endswith(turn["content"].strip()):
+        last = max((j for j, t in enumerate(ids) if t in special), default=None)
+        if last is None or tokenizer.decode(ids[last + 1:], skip_special_tokens=False).strip() \
+                or not text.endswith(turn["content"].strip()):
             problems.append(f"span {tokenizer.decode(ids, skip_special_tokens=False)!r} is not "
                             f"{turn['content'][:40]!r}... + an end token")
     return problems

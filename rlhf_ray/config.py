@@ -161,7 +161,7 @@ _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 # What each key allows, by its name wherever it appears (a section's own rule, "Class.key", wins). Checked
 # when the config loads, so a bad value is one line naming the key before Ray or vLLM start.
 _RULES: dict[str, tuple] = {
-    "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "cpus_per_worker": _POSITIVE, "target_ongoing_requests": _POSITIVE,
+    "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "read_timeout_s": _POSITIVE, "cpus_per_worker": _POSITIVE, "target_ongoing_requests": _POSITIVE,
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"), "warmup_ratio": _FRACTION,
     "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: greedy)"),
     "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
@@ -291,7 +291,7 @@ def config_hash(cfg) -> str:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = field(default="default", metadata=_path("model"))  # default (embedded SmolLM2), a local HF folder or a hub id
-    template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path
+    template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path / a template trl ships (qwen3_training)
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights in memory; bf16 autocast is TrainConfig.bf16
 
@@ -543,7 +543,8 @@ class ServeConfig:
     max_messages: int = 256               # a longer conversation is refused (400) before it is rendered
     max_model_len: int = 2048
     max_ongoing_requests: int = 8         # per ingress replica; beyond it requests queue ...
-    max_queued_requests: int = 16         # ... and beyond this they get 503
+    max_queued_requests: int = 16         # ... and beyond this they get 503 (OpenAI error JSON)
+    read_timeout_s: float = 10.0          # a body not received within this gets 408: slow clients hold no slot
     score_max_len: int = 512
     generator: DeploymentConfig = field(default_factory=DeploymentConfig)
     scorer: DeploymentConfig = field(default_factory=DeploymentConfig)

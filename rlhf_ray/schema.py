@@ -11,9 +11,10 @@ from typing import Any, TypedDict
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class Message(TypedDict):
+class Message(TypedDict, total=False):
     role: str
     content: str
+    reasoning_content: str  # an assistant turn's reasoning; the chat template decides where it is written
 
 
 class SFTRow(TypedDict):
@@ -87,7 +88,10 @@ def _messages(value: Any, field: str, *, last: str | None = None, roles=ROLES) -
             raise RowError(f"{where}.content", f"must be a string, got {_show(content)}")
         if not content.strip():
             raise RowError(f"{where}.content", "empty")
-        out.append({"role": m["role"], "content": content})
+        reasoning = m.get("reasoning_content")
+        if reasoning is not None and (m["role"] != "assistant" or not isinstance(reasoning, str)):
+            raise RowError(f"{where}.reasoning_content", "must be a string on an assistant message")
+        out.append({"role": m["role"], "content": content, **({"reasoning_content": reasoning} if reasoning else {})})
     _check_order(out, field)
     if last is not None and out[-1]["role"] != last:
         raise RowError(f"{field}[{len(out) - 1}].role", f"the last message must be {last}, got {out[-1]['role']}")

@@ -53,7 +53,7 @@ app = FastAPI(title="rlhf_ray best-of-N")
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 503: "overloaded"}.get(status, "invalid_request_error")
+    kind = {401: "authentication_error", 503: "overloaded", 500: "server_error"}.get(status, "invalid_request_error")
     return JSONResponse(status_code=status,
                         content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
@@ -62,6 +62,12 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
 async def _http_error(request: Request, exc: HTTPException):
     detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
     return _error(exc.status_code, detail["message"], detail.get("param"), detail.get("code"))
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception):
+    # A bug or a failed replica: the OpenAI error shape too, without the internals.
+    return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def key_digest(key: str) -> str:
@@ -134,13 +140,17 @@ class BestOfN:
         self.gen, self.scorer = generator, scorer
         self.s = ServeConfig(**{k: v for k, v in settings.items() if k in ("policy", "template", "model_name",
             "api_key_env", "default_candidates", "max_candidates", "max_tokens", "max_prompt_tokens",
-            "max_request_bytes", "max_messages")})
+            "max_request_bytes", "max_messages", "max_ongoing_requests", "max_queued_requests", "read_timeout_s")})
         self.tok = models.chat_tokenizer(self.s.policy, self.s.template)
         node_key = os.environ.get(self.s.api_key_env)  # a key set on the nodes themselves also works
         self.key_digest = settings.get("api_key_sha256") or (key_digest(node_key) if node_key else None)
         # Text a user types must not become control tokens (a typed <|im_start|>system would open a turn).
         self.special = sorted({t for t in self.tok.all_special_tokens if len(t) > 1}, key=len, reverse=True)
         self.per_request_seed: bool | None = None
+        # Admission here rather than in Serve's queue, whose 503 is plain text: requests beyond
+        # max_ongoing_requests wait, beyond max_queued_requests more are answered 503 at once.
+        self.admitted = 0
+        self.working = asyncio.Semaphore(self.s.max_ongoing_requests)
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -155,12 +165,23 @@ class BestOfN:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> dict:
         self._auth(raw)  # before the body is read: no key, no validation messages
-        body = await self._parse(raw)
-        messages = self._check_messages(body)  # before the quadratic chat rendering
-        request = await self._engine_request(body, messages)
-        candidates = await self.gen.generate.remote(request)
-        rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) if body.best_of_n else None
-        return self._response(body, request, candidates, rewards)
+        s = self.s
+        if self.admitted >= s.max_ongoing_requests + s.max_queued_requests:
+            raise HTTPException(503, {"message": f"overloaded: {self.admitted} requests in progress or queued "
+                                                 f"(max_ongoing_requests + max_queued_requests); retry later",
+                                      "code": "overloaded"})
+        self.admitted += 1
+        try:
+            body = await self._parse(raw)
+            async with self.working:
+                messages = self._check_messages(body)  # before the quadratic chat rendering
+                request = await self._engine_request(body, messages)
+                candidates = await self.gen.generate.remote(request)
+                rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) \
+                    if body.best_of_n else None
+                return self._response(body, request, candidates, rewards)
+        finally:
+            self.admitted -= 1
 
     def _auth(self, request: Request) -> None:
         if self.key_digest is None:
@@ -176,10 +197,18 @@ class BestOfN:
         if declared.isdigit() and int(declared) > limit:
             raise HTTPException(413, {"message": f"body: {declared} bytes; the limit is max_request_bytes={limit}"})
         data = bytearray()
-        async for chunk in raw.stream():  # read no more than the limit, whatever the headers claimed
-            data += chunk
-            if len(data) > limit:
-                raise HTTPException(413, {"message": f"body: over the limit max_request_bytes={limit}"})
+
+        async def read() -> None:
+            async for chunk in raw.stream():  # read no more than the limit, whatever the headers claimed
+                data.extend(chunk)
+                if len(data) > limit:
+                    raise HTTPException(413, {"message": f"body: over the limit max_request_bytes={limit}"})
+
+        try:
+            await asyncio.wait_for(read(), self.s.read_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(408, {"message": f"body: not received within read_timeout_s="
+                                                 f"{self.s.read_timeout_s} s"}) from None
         try:
             # Invalid UTF-8, nesting too deep to parse and lone surrogates are the client's to fix: 422.
             body = ChatRequest.model_validate(json.loads(bytes(data).decode("utf-8")))
@@ -289,8 +318,8 @@ def build(cfg: PipelineConfig):
     generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
         policy, s.max_model_len, cfg.generate.seed)
     scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
-    return BestOfN.options(max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
-                           **ingress).bind(generator, scorer, settings)
+    # Serve lets every request through to the app, which admits, queues or refuses it (see BestOfN).
+    return BestOfN.options(max_ongoing_requests=1000, max_queued_requests=-1, **ingress).bind(generator, scorer, settings)
 
 
 def app_builder(args: dict):

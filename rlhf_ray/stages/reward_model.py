@@ -10,7 +10,7 @@ import numpy as np
 
 from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage
 from rlhf_ray.config import PipelineConfig, ScoreConfig
-from rlhf_ray.stages import generation, scoring
+from rlhf_ray.stages import generation, scoring, sft
 
 
 def encode_dataset(rows, cfg: PipelineConfig, quarantine: Path | None):
@@ -28,6 +28,17 @@ def _encode(row: dict, objective: str, model: dict, max_len: int) -> dict:
                 "field": None, "reason": None}
     except data.BadRecord as e:
         return {**objectives.OBJECTIVES[objective].empty, **where, "field": e.field, "reason": e.reason}
+
+
+def conversations(row: dict) -> list[list[dict]]:
+    """The conversations a reward-model row is scored as: its prompt followed by each completion."""
+    if "chosen" in row:
+        return [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+    if "ranking" in row:
+        return [row["prompt"] + c for c in row["completions"]]
+    if "completions" in row:  # a process RM's steps, one assistant turn
+        return [row["prompt"] + [{"role": "assistant", "content": "\n".join(row["completions"])}]]
+    return [row["prompt"] + row["completion"]]
 
 
 def with_backbone(cfg: PipelineConfig) -> PipelineConfig:
@@ -124,11 +135,19 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     st = manifest.stage("rm", out, {"reward": r}, train_files + eval_files + backbone)
     if st.up_to_date():
         return out / "model"
+    kind = objectives.OBJECTIVES[r.objective].row_kind
+    adapter = r.data.adapter if r.source == "files" else None  # labelled samples are written in our format
+    if r.model.template or getattr(models.chat_tokenizer(r.model.name, None, r.model.trust_remote_code),
+                                   "chat_template", None):
+        # A chat-model RM reads prompt + completion as one conversation whose final turn it scores: the
+        # doctor's final-turn checks on the first rows, before any training. (Encoders without a
+        # template, MiniLM, read plain "Role: content" text: objectives.texts.)
+        sft.check_template(r.model, "final_turn", r.train.template_check, "reward.train.template_check",
+                           [(f"{x.file}:{x.line}", c) for x in sft.first_rows(train_files, kind, adapter)
+                            for c in conversations(x.row)])
     quarantine = st.begin()
 
     cluster.connect()
-    kind = objectives.OBJECTIVES[r.objective].row_kind
-    adapter = r.data.adapter if r.source == "files" else None  # labelled samples are written in our format
     rows, bad_rows = data.read_dataset(train_files, kind, adapter, r.data.on_bad_rows, quarantine)
     eval_quarantine, bad_eval = out / "quarantine_eval.jsonl", 0  # eval rows are quarantined apart, and counted
     if eval_files:

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from rlhf_ray import arithmetic, chat, cluster, config, data, manifest, model_card, models, storage
-from rlhf_ray.config import PipelineConfig
+from rlhf_ray.config import ModelConfig, PipelineConfig
 
 
 def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
@@ -19,21 +19,23 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 
-def check_template(cfg: PipelineConfig, files: list[str], sample: int = 32) -> None:
-    """The mask doctor on the first ``sample`` good conversations, before any training: a template that
-    would train the wrong tokens stops the job (sft.train.template_check=warn: a warning), naming the
-    template, the example and the fix."""
-    from itertools import islice
-
-    d, t, p = cfg.sft.data, cfg.sft.train, cfg.policy
-    records = (r for f in files for r in data.parse_file(f, "sft", d.adapter) if r.row is not None)
-    examples = [(f"{r.file}:{r.line}", r.row["messages"]) for r in islice(records, sample)]
-    problem = chat.preflight(examples, models.chat_tokenizer(p.name, p.template, p.trust_remote_code),
-                             p.template, t.mask)
-    if problem and t.template_check == "error":
-        raise chat.TemplateError(f"{problem} (sft.train.template_check=warn goes on regardless)")
+def check_template(model: ModelConfig, mask: str, check: str, key: str, examples: list[tuple[str, list]]) -> None:
+    """The mask doctor on ``(file:line, messages)`` examples, before any training: a template that would
+    train the wrong tokens stops the job (``key``=warn: a warning), naming the template, the example and
+    the fix."""
+    problem = chat.preflight(examples, models.chat_tokenizer(model.name, model.template, model.trust_remote_code),
+                             model.template, mask)
+    if problem and check == "error":
+        raise chat.TemplateError(f"{problem} ({key}=warn goes on regardless)")
     if problem:
         warnings.warn(problem, stacklevel=2)
+
+
+def first_rows(files: list[str], kind: str, adapter: str | None, sample: int = 32) -> list:
+    """The first ``sample`` good records of ``files``, as read for training."""
+    from itertools import islice
+
+    return list(islice((r for f in files for r in data.parse_file(f, kind, adapter) if r.row is not None), sample))
 
 
 def run(cfg: PipelineConfig) -> Path:
@@ -47,7 +49,9 @@ def run(cfg: PipelineConfig) -> Path:
     st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)
     if st.up_to_date():
         return out / "model"
-    check_template(cfg, train_files)
+    d, t = cfg.sft.data, cfg.sft.train
+    check_template(cfg.policy, t.mask, t.template_check, "sft.train.template_check",
+                   [(f"{r.file}:{r.line}", r.row["messages"]) for r in first_rows(train_files, "sft", d.adapter)])
     quarantine = st.begin()
 
     cluster.connect()

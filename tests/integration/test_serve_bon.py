@@ -36,7 +36,7 @@ def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
         f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}", f"serve.port={port}",
         "serve.max_candidates=8", "serve.max_tokens=64", "serve.max_prompt_tokens=400", "serve.max_model_len=512",
         "serve.max_ongoing_requests=1", "serve.max_queued_requests=1", "serve.scorer.num_cpus=0.5",
-        "serve.max_messages=8", "serve.max_request_bytes=20000"])
+        "serve.max_messages=8", "serve.max_request_bytes=20000", "serve.read_timeout_s=2"])
     os.environ[cfg.serve.api_key_env] = KEY
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -137,9 +137,30 @@ def test_health_needs_no_key(endpoint):
 
 def test_overload_is_answered_with_503_not_an_unbounded_queue(endpoint):
     with cf.ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(lambda _: post(endpoint[0], {"messages": ASK, "n": 8, "max_tokens": 64}).status_code,
-                              range(16)))
-    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+        answers = list(pool.map(lambda _: post(endpoint[0], {"messages": ASK, "n": 8, "max_tokens": 64}), range(16)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    refused = next(r for r in answers if r.status_code == 503).json()["error"]
+    assert refused["type"] == "overloaded" and "max_queued_requests" in refused["message"]
+
+
+def test_a_slow_client_gets_408_and_holds_no_slot(endpoint):
+    host, port = endpoint[0].removeprefix("http://").split(":")
+    slow = []
+    for _ in range(3):  # more than max_ongoing + max_queued: none may block a normal request
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{".encode())
+        slow.append(sock)
+    start = time.time()
+    assert httpx.get(f"{endpoint[0]}/health", timeout=30).status_code == 200 and time.time() - start < 1
+    answers = []
+    for sock in slow:
+        sock.settimeout(30)
+        answers.append(sock.recv(4096).decode())
+        sock.close()
+    assert all(a.startswith("HTTP/1.1 408") and "read_timeout_s=2" in a for a in answers), answers
+    assert post(endpoint[0], {"messages": ASK, "n": 2, "max_tokens": 8}).status_code == 200
 
 
 def test_requests_join_one_running_batch_and_a_cancelled_one_is_aborted(endpoint):

@@ -1,19 +1,25 @@
-"""Our masks against transformers' ``return_assistant_tokens_mask`` on the real TRL training templates.
+"""Every chat template TRL ships, masked as transformers' ``return_assistant_tokens_mask`` masks its
+``_training`` variant, or refused: never a silently dropped turn.
 
-No Llama/Qwen/Gemma/Phi/gpt-oss tokenizer can be downloaded here, so each template runs on the real
-SmolLM2 BPE tokenizer with that template's markers added as special tokens. Tokenizations of the two
-sides may differ where a BPE merge crosses a turn boundary (we cut there, see chat._encode), so masks
-are compared character by character over the identical rendered text.
+No Llama/Qwen/Gemma/Phi/gpt-oss/DeepSeek tokenizer can be downloaded here, so each template runs on the
+real SmolLM2 BPE tokenizer with the template's markers added as special tokens. Masks are compared
+character by character over the identical rendered text (tokenizations may differ where a BPE merge
+crosses a turn boundary: we cut there, see chat._encode).
 
-Every difference is listed below and is one of two kinds, checked for each run:
-- "prompt": TRL's {% generation %} block starts before the end of the template's own generation
-  prompt (Qwen 2.5's '\\n' after '<|im_start|>assistant', gpt-oss's '<|start|>assistant'). Those
-  characters are given to the model at inference; training them teaches nothing it will emit.
-- "separator": whitespace the template writes after the end-of-turn token (ChatML/Gemma/Phi-3 '\\n').
-  Generation stops at the end token, so the model never produces it.
+For each template, conversation (with and without a system prompt, with reasoning_content) and mask:
+- the ``_training`` variant (``{% generation %}`` marks) is masked exactly as transformers masks it;
+- the plain variant (prefix counts) is either refused by ``chat.preflight`` (what the SFT and RM jobs
+  run), or trained like the marks but for differences of two justified kinds only:
+  "prompt": the generation block starts before the end of the template's own generation prompt (Qwen's
+  '\n' after '<|im_start|>assistant', gpt-oss's '<|start|>assistant'): given to the model at inference,
+  training it teaches nothing it will emit; "separator": whitespace the template writes after the
+  end-of-turn token: generation stops at the end token, so the model never produces it.
 """
+import functools
 import os
+import re
 
+import jinja2
 import pytest
 import trl
 from transformers import AutoTokenizer
@@ -21,20 +27,19 @@ from transformers import AutoTokenizer
 from rlhf_ray import chat
 
 TEMPLATES = os.path.join(os.path.dirname(trl.__file__), "chat_templates")
+# Templates for images, video or diffusion models: their messages hold content parts, not the text rows
+# rlhf_ray trains on.
+MULTIMODAL = {"idefics3", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
+NAMES = sorted(f[: -len("_training.jinja")] for f in os.listdir(TEMPLATES)
+               if f.endswith("_training.jinja") and f[: -len("_training.jinja")] not in MULTIMODAL)
+MARKERS = re.compile(r"<\|[^<>|\s]+\|>|<｜[^｜]+｜>|<start_of_turn>|<end_of_turn>")
+# TRL's training variant writes the think block into every assistant turn (so that the rendering is
+# prefix-preserving); the plain template only into the turns after the last user message.
+RENDERED_DIFFERENTLY = {"qwen3"}
+# Tokens the templates write through variables.
+ROLES = {"bos_token": "<bos>", "eos_token": "<|endoftext|>"}
+EOS = {"gptoss": "<|return|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>", "gemma3": "<end_of_turn>"}
 
-# template → (special tokens to add, role tokens, expected differences: (text, kind) in order)
-CASES = {
-    "llama3": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-               {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, []),
-    "qwen2_5": ([], {}, [("\n", "prompt"), ("\n", "separator")] * 2),
-    "gemma": (["<bos>", "<start_of_turn>", "<end_of_turn>"], {"bos_token": "<bos>", "eos_token": "<end_of_turn>"},
-              [("\n", "separator")] * 2),
-    # Phi-3 trains '<|end|>\n<|endoftext|>' on the final turn in both; mid-conversation the '\n' differs.
-    "phi3": (["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], {"eos_token": "<|endoftext|>"},
-             [("\n", "separator")]),
-    "gptoss": (["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>"],
-               {"eos_token": "<|return|>"}, [("<|start|>assistant", "prompt")] * 2),
-}
 SYSTEM = {"role": "system", "content": "You answer in one line."}
 DIALOG = [
     {"role": "user", "content": "Name a prime number."},
@@ -42,14 +47,21 @@ DIALOG = [
     {"role": "user", "content": "And an even one?"},
     {"role": "assistant", "content": "Two: the only even prime."},
 ]
+REASONING = [DIALOG[0], {**DIALOG[1], "reasoning_content": "Seven has no divisors but 1 and 7."},
+             DIALOG[2], {**DIALOG[3], "reasoning_content": "Every other even number divides by 2."}]
+CONVERSATIONS = {"dialog": DIALOG, "system": [SYSTEM, *DIALOG], "reasoning": REASONING}
 
 
-def tokenizer_for(name, policy_dir):
-    specials, roles, _ = CASES[name]
+@functools.lru_cache(maxsize=None)
+def tokenizer_for(name, policy_dir, variant=""):
+    with open(os.path.join(TEMPLATES, f"{name}{variant}.jinja"), encoding="utf-8") as f:
+        source = f.read()
     tok = AutoTokenizer.from_pretrained(policy_dir)
-    tok.add_special_tokens({"additional_special_tokens": specials, **roles}, replace_extra_special_tokens=False)
-    with open(os.path.join(TEMPLATES, f"{name}_training.jinja"), encoding="utf-8") as f:
-        tok.chat_template = f.read()
+    markers = sorted(set(MARKERS.findall(source)) | {ROLES["bos_token"], EOS.get(name, ROLES["eos_token"])})
+    tok.add_special_tokens({"additional_special_tokens": markers, "bos_token": ROLES["bos_token"],
+                            "eos_token": EOS.get(name, ROLES["eos_token"])}, replace_extra_special_tokens=False)
+    tok.add_tokens(["<think>", "</think>"])  # added, not special, as in Qwen3's and DeepSeek's tokenizers
+    tok.chat_template = source
     return tok
 
 
@@ -88,11 +100,6 @@ def diff_runs(text, ref, ours):
     return runs
 
 
-def conversations(name):
-    # Gemma's template raises on a system message; the others run with and without one.
-    return [DIALOG] if name == "gemma" else [DIALOG, [SYSTEM, *DIALOG]]
-
-
 def last_run_only(mask):
     end = max(i for i, m in enumerate(mask) if m) + 1
     start = end
@@ -101,32 +108,8 @@ def last_run_only(mask):
     return [int(start <= i < end) for i in range(len(mask))]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_all_assistant_matches_trl_generation_marks(name, policy_dir):
-    tok = tokenizer_for(name, policy_dir)
-    for messages in conversations(name):
-        text, ref = reference_char_mask(tok, messages)
-        ours_text, ours = our_char_mask(tok, messages, "all_assistant")
-        assert ours_text == text
-        runs = diff_runs(text, ref, ours)
-        assert all(side == "ref only" for _, _, side in runs), runs
-        assert [(t, classify(tok, messages, text, at, t)) for at, t, _ in runs] == CASES[name][2]
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_final_turn_matches_trl_last_generation_block(name, policy_dir):
-    tok = tokenizer_for(name, policy_dir)
-    for messages in conversations(name):
-        text, ref = reference_char_mask(tok, messages)
-        _, ours = our_char_mask(tok, messages, "final_turn")
-        runs = diff_runs(text, last_run_only(ref), ours)
-        expected = [d for d in CASES[name][2] if d[1] == "prompt"][-1:] + [
-            d for d in CASES[name][2] if d[1] == "separator" and name != "phi3"][-1:]
-        assert [(t, classify(tok, messages, text, at, t)) for at, t, _ in runs] == expected
-
-
 def classify(tok, messages, text, at, run):
-    """Why a character run is trained by TRL and not by us (see the module docstring)."""
+    """Why a character run is trained by the marks and not by prefix counts (see the module docstring)."""
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
             prompt = chat.render_text(messages[:i], tok, add_generation_prompt=True)
@@ -138,10 +121,63 @@ def classify(tok, messages, text, at, run):
     return "unexplained"
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+def template_refuses(tok, messages) -> bool:
+    """The template itself raises on the conversation (Gemma on a system message): no row of it trains."""
+    try:
+        tok.apply_chat_template(messages, tokenize=False)
+    except jinja2.TemplateError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("name", NAMES)
+def test_training_templates_are_masked_by_their_generation_marks(name, conversation, policy_dir):
+    tok, messages = tokenizer_for(name, policy_dir, "_training"), CONVERSATIONS[conversation]
+    if template_refuses(tok, messages):
+        with pytest.raises((jinja2.TemplateError, chat.TemplateError)):
+            chat.render(messages, tok, "all_assistant")
+        return
+    if conversation == "reasoning" and "reasoning_content" not in tok.chat_template:
+        with pytest.raises(chat.TemplateError, match="never writes it"):
+            chat.render(messages, tok, "all_assistant")
+        return
+    text, ref = reference_char_mask(tok, messages)
+    for mask, expected in (("all_assistant", ref), ("final_turn", last_run_only(ref))):
+        ours_text, ours = our_char_mask(tok, messages, mask)
+        assert ours_text == text
+        assert diff_runs(text, expected, ours) == [], mask
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("name", NAMES)
+def test_plain_templates_are_masked_like_the_marks_or_refused(name, conversation, policy_dir):
+    """Prefix counts on the plain template against the marks of its training variant."""
+    plain, marked = tokenizer_for(name, policy_dir), tokenizer_for(name, policy_dir, "_training")
+    messages = CONVERSATIONS[conversation]
+    if template_refuses(marked, messages) or (conversation == "reasoning" and "reasoning_content" not in plain.chat_template):
+        return  # refused by both variants: the test above
+    text, ref = reference_char_mask(marked, messages)
+    for mask, expected in (("all_assistant", ref), ("final_turn", last_run_only(ref))):
+        refusal = chat.preflight([("chats.jsonl:1", messages)], plain, None, mask)
+        if refusal:
+            assert refusal.startswith("chats.jsonl:1: chat template") and "mask" in refusal
+            continue
+        ours_text, ours = our_char_mask(plain, messages, mask)
+        if name in RENDERED_DIFFERENTLY:  # no marks to compare with: the doctor checked each trained span
+            assert ours_text != text and sum(ours) > 0
+            continue
+        assert ours_text == text, "the plain and training variants render differently"
+        runs = diff_runs(text, expected, ours)
+        assert all(side == "ref only" for _, _, side in runs), runs
+        kinds = {classify(plain, messages, text, at, t) for at, t, _ in runs}
+        assert kinds <= {"prompt", "separator"}, (mask, runs)
+
+
+@pytest.mark.parametrize("name", ["gemma", "gptoss", "llama3", "phi3", "qwen2_5"])
 def test_doctor_on_real_templates(name, policy_dir):
-    tok = tokenizer_for(name, policy_dir)
-    report = chat.doctor(conversations(name), tok)
+    tok = tokenizer_for(name, policy_dir, "_training")
+    report = chat.doctor([DIALOG] if name == "gemma" else [DIALOG, [SYSTEM, *DIALOG]], tok)
     assert report.ok, report.summary()
     # Phi-3 drops its final EOS and gpt-oss swaps <|return|> for <|end|> once a turn is not the last.
     assert report.prefix_preserving == (name not in ("phi3", "gptoss")), report.summary()
@@ -170,3 +206,39 @@ def test_rlhf_ray_doctor_prints_the_verdict_the_sft_job_enforces(policy_dir, tmp
     assert "SFT job: refuses: conversation 0: chat template" in capsys.readouterr().out
     assert cli.main(["doctor", str(chats)]) == 0
     assert "SFT job: trains it" in capsys.readouterr().out
+
+
+def test_reasoning_is_trained_in_the_final_turn_and_dropped_from_earlier_ones_as_the_template_does(policy_dir):
+    tok = tokenizer_for("qwen3", policy_dir)
+    r = chat.render(REASONING, tok, "final_turn")
+    text = tok.decode(r.input_ids, skip_special_tokens=False)
+    trained = tok.decode([t for t in r.labels if t != chat.IGNORE_INDEX], skip_special_tokens=False)
+    assert trained == ("<think>\nEvery other even number divides by 2.\n</think>\n\n"
+                       "Two: the only even prime.<|im_end|>")
+    assert "Seven has no divisors" not in text  # Qwen3 drops an earlier turn's reasoning at inference too
+    with pytest.raises(chat.TemplateError, match="never writes it"):  # SmolLM2's ChatML has no place for it
+        chat.render(REASONING, AutoTokenizer.from_pretrained(policy_dir), "final_turn")
+
+
+def test_trl_templates_are_accepted_by_name(smol_tokenizer):
+    assert chat.resolve_template(smol_tokenizer, "qwen3_training") == open(
+        os.path.join(TEMPLATES, "qwen3_training.jinja"), encoding="utf-8").read()
+    with pytest.raises(chat.TemplateError, match="or a template trl ships \\(.*qwen3_training"):
+        chat.resolve_template(smol_tokenizer, "qwen9")
+
+
+def test_the_reward_model_job_refuses_a_template_whose_final_turn_has_no_end_token(policy_dir, tmp_path):
+    from rlhf_ray.config import ModelConfig
+    from rlhf_ray.stages import reward_model, sft
+
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}")
+    row = {"prompt": DIALOG[:1], "chosen": DIALOG[1:2], "rejected": [{"role": "assistant", "content": "Eight."}]}
+    examples = [("pairs.jsonl:3", c) for c in reward_model.conversations(row)]
+    model = ModelConfig(name=str(policy_dir), template=str(plain))
+    with pytest.raises(chat.TemplateError, match=r"^pairs.jsonl:3: chat template .*plain.jinja with mask=final_turn: "
+                                                 r"span .* \+ an end token; .*\(reward.train.template_check=warn"):
+        sft.check_template(model, "final_turn", "error", "reward.train.template_check", examples)
+    with pytest.warns(UserWarning, match="pairs.jsonl:3"):
+        sft.check_template(model, "final_turn", "warn", "reward.train.template_check", examples)
+    sft.check_template(ModelConfig(name=str(policy_dir)), "final_turn", "error", "reward.train.template_check", examples)
