@@ -165,6 +165,7 @@ class BestOfN:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> dict:
         self._auth(raw)  # before the body is read: no key, no validation messages
+        body = await self._parse(raw)  # bounded in size and time; a slow client holds no work slot
         s = self.s
         if self.admitted >= s.max_ongoing_requests + s.max_queued_requests:
             raise HTTPException(503, {"message": f"overloaded: {self.admitted} requests in progress or queued "
@@ -172,7 +173,6 @@ class BestOfN:
                                       "code": "overloaded"})
         self.admitted += 1
         try:
-            body = await self._parse(raw)
             async with self.working:
                 messages = self._check_messages(body)  # before the quadratic chat rendering
                 request = await self._engine_request(body, messages)
