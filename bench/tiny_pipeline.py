@@ -6,7 +6,8 @@ SFT policy's labelled samples against one trained on the task's synthetic pairs 
     .venv/bin/python bench/tiny_pipeline.py [--run-dir runs/bench-tiny] [key=value ...]
 
 Writes bench/results/tiny_pipeline_results.json (paths relative to the run folder). A run folder that
-already holds finished stages is resumed, and its wall time then says so (``resumed``).
+already holds finished stages (``make run``'s runs/tiny) is resumed, and its wall time then says so
+(``resumed``); every stage's own wall time comes from its manifest either way.
 """
 from __future__ import annotations
 
@@ -59,9 +60,13 @@ def main() -> None:
         pipeline.run(cfg)
     wall = t["seconds"]
     results = json.loads((root / "eval" / "results.json").read_text())
+    # Each stage's own wall time, as the pipeline recorded it (a resumed run keeps its first run's).
+    stages = {str(m.parent.relative_to(root)): json.loads(m.read_text()).get("seconds")
+              for m in sorted(root.rglob("manifest.json")) if "compare_synthetic_rm" not in m.parts}
     out = {
         "config": "jobs/configs/tiny.yaml", "overrides": args.overrides, **common.machine(),
         "pipeline_wall_clock_s": round(wall, 1), "resumed": resumed,
+        "stage_seconds": stages, "stage_seconds_total": round(sum(v or 0 for v in stages.values()), 1),
         "results": results,
         "rm": {"policy_samples": {"data": manifest.read(root / "rm_data")["counts"] if cfg.reward.source == "policy_samples" else None,
                                   "held_out": manifest.read(root / "rm")["held_out"]},

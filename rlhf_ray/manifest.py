@@ -75,6 +75,7 @@ class Stage:
     out: Path
     section: dict
     inputs: dict
+    started: float = dataclasses.field(default_factory=time.time)  # the stage's own wall time goes in its manifest
 
     @property
     def config_hash(self) -> str:
@@ -97,7 +98,8 @@ class Stage:
         return self.out / "quarantine.jsonl"
 
     def finish(self, counts: dict, **extra) -> dict:
-        return write(self.out, self.name, config.plain(self.section), self.config_hash, self.inputs, counts, **extra)
+        return write(self.out, self.name, config.plain(self.section), self.config_hash, self.inputs, counts,
+                     seconds=round(time.time() - self.started, 1), **extra)
 
 
 def stage(name: str, out: str | Path, section: dict, input_paths) -> Stage:
