@@ -552,6 +552,14 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    backend: Literal["mlflow", "wandb", "tensorboard", "none"] = "mlflow"  # a run per job (rlhf_ray.tracking)
+    uri: str = ""                         # mlflow; empty: MLFLOW_TRACKING_URI, else a file store in RUN_DIR/mlruns
+    experiment: str = "rlhf_ray"          # the MLflow experiment / W&B project
+    run_name: str = ""                    # empty: the job's name
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     run_dir: str = field(default="runs/tiny", metadata=_path("file"))
     policy: ModelConfig = field(default_factory=ModelConfig)
@@ -564,3 +572,4 @@ class PipelineConfig:
     rs: RSConfig = field(default_factory=RSConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -6,7 +6,7 @@ import sys
 import traceback
 from typing import Callable
 
-from rlhf_ray import config, storage
+from rlhf_ray import config, storage, tracking
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.generate import EngineFailed
 from rlhf_ray.schema import BadRecord
@@ -26,7 +26,8 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
             local = storage.mirror(cfg.run_dir)
             print(f"[{name}] run folder {cfg.run_dir} (local mirror {local})")
             cfg = dataclasses.replace(cfg, run_dir=str(local))
-        run(cfg)
+        with tracking.job(cfg, name):
+            run(cfg)
         storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
     except (config.ConfigError, BadRecord, FileNotFoundError, ValueError, EngineFailed) as e:
         if debug or (isinstance(e, OSError) and e.errno is not None and e.filename is None):

@@ -98,8 +98,13 @@ class Stage:
         return self.out / "quarantine.jsonl"
 
     def finish(self, counts: dict, **extra) -> dict:
-        return write(self.out, self.name, config.plain(self.section), self.config_hash, self.inputs, counts,
-                     seconds=round(time.time() - self.started, 1), **extra)
+        from rlhf_ray import tracking
+
+        section = config.plain(self.section)
+        m = write(self.out, self.name, section, self.config_hash, self.inputs, counts,
+                  seconds=round(time.time() - self.started, 1), **extra)
+        tracking.log_stage(self.name, self.out, section, m)
+        return m
 
 
 def stage(name: str, out: str | Path, section: dict, input_paths) -> Stage:

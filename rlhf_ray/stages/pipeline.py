@@ -2,9 +2,10 @@
 → report. Each stage is skipped when its manifest is up to date, so an interrupted run resumes."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from rlhf_ray import report
+from rlhf_ray import report, tracking
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import policy_eval, rejection_sampling, reward_model, rm_eval, sft
 
@@ -21,5 +22,7 @@ def run(cfg: PipelineConfig) -> Path:
     finals = rejection_sampling.run(cfg, policy) if cfg.rs.rounds else {}
     policy_eval.run(cfg, {"sft": policy, **finals})
     out = report.build(cfg.run_dir, cfg.rs.rounds)
+    tracking.log_artifacts([out, *sorted(out.parent.glob("*.png"))])
+    tracking.log_metrics(json.loads((Path(cfg.run_dir) / "eval" / "results.json").read_text()), "eval")
     print(f"[pipeline] report: {out}")
     return out

@@ -15,11 +15,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 # Single-digit problems: the barely tuned policy (one SFT step) still answers some right and some wrong,
 # which the labelled-sample reward model needs (two-digit sums gave it no correct answer at all). Lean:
-# no random baseline, rule-reward chain or greedy eval (each a Ray stage; unit and job tests cover them).
+# no random baseline or rule-reward chain (each a Ray stage; unit and job tests cover them).
 SMALL = ["task.sft_rows=16", "task.rm_rows=8", "task.prompt_rows=8", "task.eval_rows=8", "task.operands=[1,9]",
          "sft.train.epochs=1", "reward.samples.n=8", "reward.samples.eval_prompts=2", "reward.train.epochs=1",
          "generate.n=4", "generate.max_tokens=16", "rs.baseline=false", "rs.rule_reward=", "rs.train.epochs=1",
-         "eval.bon_n=[1,2,4]", "eval.policy_samples=2", "eval.greedy=false", "eval.n_boot=1000"]
+         "eval.bon_n=[1,2,4]", "eval.policy_samples=2", "eval.n_boot=1000"]
 
 
 @pytest.fixture
@@ -29,7 +29,8 @@ def relative_run_dir():
     shutil.rmtree(REPO / name, ignore_errors=True)
 
 
-def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_run_dir):
+def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_run_dir, monkeypatch):
+    import mlflow
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's cluster
@@ -44,8 +45,20 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     assert results["verdict"].startswith("The RS policy")
     rm_data = json.loads((root / "rm_data" / "manifest.json").read_text())["counts"]
     assert rm_data["samples"] == 64 and rm_data["train_rows"] > 0
+    assert all(0 <= p["greedy_gold"] <= 1 for p in results["policies"].values())  # from the sampling engine
     page = (root / "report.html").read_text()
     assert "sft_loss.png" in page and "no SFT metrics" not in page and "gap closed" in page
+    # The run's MLflow store: the job's run, a nested run per stage, the SFT loss curve, the report.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(f"file://{root}/mlruns")
+    runs = mlflow.search_runs(experiment_names=["rlhf_ray"])
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert list(parent["tags.mlflow.runName"]) == ["pipeline"]
+    stages = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert {"sft", "rm", "rm_data"} <= set(stages["tags.stage"]) and len(stages) == len(runs) - 1
+    sft = stages[stages["tags.stage"] == "sft"]["run_id"].iloc[0]
+    assert len(mlflow.MlflowClient().get_metric_history(sft, "loss")) >= 1
+    assert "report.html" in [f.path for f in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])]
 
     # `make run` as the README writes it, with CI's environment (no RAY_ADDRESS: it starts its own Ray).
     ci_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

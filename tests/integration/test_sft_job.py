@@ -11,9 +11,10 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import chat, config, job, manifest
+from rlhf_ray import chat, config, job, manifest, tracking
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import sft
+from wandb_offline import wandb_logged  # tests/
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -25,8 +26,15 @@ def tiny_cfg(run_dir, policy, *extra):
 
 
 def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_cluster, tiny_policy_dir, tmp_path):
-    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.data.eval_rows=8", "sft.train.epochs=2")
-    model_dir = sft.run(cfg)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.data.eval_rows=8", "sft.train.epochs=2",
+                   "tracking.backend=tensorboard")
+    with tracking.job(cfg, "sft"):  # as jobs/sft.py runs it
+        model_dir = sft.run(cfg)
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "sft"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("sft/loss")] == list(range(1, 11))
     m = manifest.read(tmp_path / "sft")
     assert m["counts"]["train_rows"] == 40 and m["counts"]["eval_rows"] == 8 and m["counts"]["steps"] == 10
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
@@ -87,7 +95,7 @@ def _checkpoints(tmp_path):
                   if p.is_dir() and p.name.startswith("checkpoint"))
 
 
-def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_path):
+def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_path, monkeypatch):
     data = tmp_path / "convs.jsonl"
     good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]}
     lines = [json.dumps(good)] * 12 + ["{broken", json.dumps({"messages": [{"role": "user", "content": "Hi"}]}),
@@ -97,9 +105,15 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
     held_out = tmp_path / "eval.jsonl"  # its bad rows are quarantined too, apart from the training rows'
     held_out.write_text("\n".join([json.dumps(good), "{broken", json.dumps(good), json.dumps(good)]) + "\n")
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, f"sft.data.train=[{data}]", f"sft.data.eval=[{held_out}]",
-                   "sft.train.max_seq_len=64")
-    sft.run(cfg)
+                   "sft.train.max_seq_len=64", "tracking.backend=wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with tracking.job(cfg, "sft"):  # as jobs/sft.py runs it
+        sft.run(cfg)
     counts = manifest.read(tmp_path / "sft")["counts"]
+    history, summary = wandb_logged(tmp_path)  # the offline W&B run, read back
+    assert [r["sft/step"] for r in history if "sft/loss" in r] == list(range(1, counts["steps"] + 1))
+    assert summary["sft/rows_quarantined"] == 2
     assert counts["rows_quarantined"] == 2 and counts["quarantined_after_tokenization"] == 1
     assert counts["train_rows"] == 12
     bad = [json.loads(line) for line in open(tmp_path / "sft" / "quarantine.jsonl")]

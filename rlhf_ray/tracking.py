@@ -1,0 +1,200 @@
+"""Experiment tracking: one run per job; each stage's config, figures, per-step curves and files in it.
+
+A stage is logged when it finishes (``manifest.Stage.finish``), from the driver: its config section as
+params, its manifest counts and held-out figures as metrics, rank 0's per-step training metrics
+(``metrics.jsonl``) as curves, its manifest and quarantine files as artifacts. No Ray worker ever talks
+to the tracker. Backends (``tracking.backend``):
+
+- ``mlflow`` (default): a nested run per stage under the job's run, in ``tracking.uri``,
+  ``MLFLOW_TRACKING_URI``, or a local file store in ``RUN_DIR/mlruns`` (browse it with a full ``mlflow``
+  install: ``mlflow ui --backend-store-uri runs/tiny/mlruns``).
+- ``wandb``: one W&B run (``tracking.experiment`` is the project); each stage's curves under its folder
+  name with their own step axis (``WANDB_MODE=offline`` works without a network).
+- ``tensorboard``: event files in ``RUN_DIR/tensorboard``, a tag per stage and figure.
+
+A tracker that is missing, down or misconfigured costs one warning and no more tracking; it never fails
+or holds up a run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+_state: dict = {"backend": None, "run_dir": None}
+
+
+def _guarded(fn):
+    """Tracking errors become one warning, then tracking is off for the rest of the job."""
+    def call(*args, **kwargs):
+        if _state["backend"] is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any tracker failure is the tracker's, not the run's
+            _state["backend"] = None
+            warnings.warn(f"experiment tracking is off for the rest of this job: {type(e).__name__}: {e}",
+                          stacklevel=2)
+            return None
+    return call
+
+
+@contextlib.contextmanager
+def job(cfg, name: str):
+    """The job's run for ``cfg.tracking`` (the parent of its stages'); a no-op when the backend is none."""
+    t = cfg.tracking
+    if t.backend == "none":
+        yield
+        return
+    run_dir = Path(cfg.run_dir).absolute()
+    _state.update(backend=_BACKENDS[t.backend](), run_dir=run_dir)
+    _guarded(lambda: _state["backend"].start(t, run_dir, t.run_name or name))()
+    try:
+        yield
+    finally:
+        _guarded(lambda: _state["backend"].end())()
+        _state.update(backend=None, run_dir=None)
+
+
+@_guarded
+def log_stage(name: str, out: Path, section: dict, manifest: dict) -> None:
+    """A finished stage: its config, figures, per-step curves and files."""
+    try:
+        label = out.absolute().relative_to(_state["run_dir"]).as_posix()  # rs/round1/top/sft
+    except ValueError:
+        label = name
+    figures = {**_flat(manifest.get("counts", {})), **_flat(manifest.get("held_out") or {}, "held_out"),
+               **({"seconds": manifest["seconds"]} if "seconds" in manifest else {})}
+    steps = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()] if steps.exists() else []
+    history = [(int(r["step"]), {k: float(v) for k, v in r.items() if k != "step" and _number(v)}) for r in rows]
+    files = [out / f for f in ("manifest.json", "quarantine.jsonl", "quarantine_eval.jsonl") if (out / f).exists()]
+    _state["backend"].stage(name, label, _flat(section), {k: float(v) for k, v in figures.items() if _number(v)},
+                            history, files)
+
+
+@_guarded
+def log_artifacts(paths: list[Path]) -> None:
+    """Files of the job's run (the report and its figures)."""
+    _state["backend"].artifacts(paths)
+
+
+@_guarded
+def log_metrics(metrics: dict, prefix: str = "") -> None:
+    """Figures of the job's run (the evaluation's results, flattened)."""
+    _state["backend"].metrics({k: float(v) for k, v in _flat(metrics, prefix).items() if _number(v)})
+
+
+class _MLflow:
+    def start(self, t, run_dir: Path, name: str) -> None:
+        # Fail fast instead of retrying a dead server for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"file://{run_dir}/mlruns"
+        if uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it in maintenance mode
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(t.experiment)
+        mlflow.start_run(run_name=name)
+
+    def stage(self, name, label, params, figures, history, files) -> None:
+        from mlflow.entities import Metric
+
+        mlflow = self.mlflow
+        with mlflow.start_run(run_name=label, nested=True) as run:
+            mlflow.log_params(params)
+            mlflow.set_tag("stage", name)
+            mlflow.log_metrics(figures)
+            curve = [Metric(k, v, 0, step) for step, values in history for k, v in values.items()]
+            for i in range(0, len(curve), 1000):  # MLflow's batch limit
+                mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve[i:i + 1000])
+            for f in files:
+                mlflow.log_artifact(str(f))
+
+    def artifacts(self, paths) -> None:
+        for p in paths:
+            self.mlflow.log_artifact(str(p))
+
+    def metrics(self, figures: dict) -> None:
+        self.mlflow.log_metrics(figures)
+
+    def end(self) -> None:
+        self.mlflow.end_run()
+
+
+class _WandB:
+    def start(self, t, run_dir: Path, name: str) -> None:
+        import wandb
+
+        self.wandb = wandb
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=t.experiment, name=name, dir=str(run_dir), reinit="create_new")
+
+    def stage(self, name, label, params, figures, history, files) -> None:
+        self.run.config.update({label: params}, allow_val_change=True)
+        self.run.define_metric(f"{label}/*", step_metric=f"{label}/step")  # each stage its own step axis
+        for step, values in history:
+            self.run.log({f"{label}/step": step, **{f"{label}/{k}": v for k, v in values.items()}})
+        self.run.summary.update({f"{label}/{k}": v for k, v in figures.items()})
+        for f in files:
+            self.run.save(str(f), base_path=str(f.parent.parent), policy="now")
+
+    def artifacts(self, paths) -> None:
+        for p in paths:
+            self.run.save(str(p), base_path=str(p.parent), policy="now")
+
+    def metrics(self, figures: dict) -> None:
+        self.run.summary.update(figures)
+
+    def end(self) -> None:
+        self.run.finish()
+
+
+class _TensorBoard:
+    def start(self, t, run_dir: Path, name: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard" / name))
+
+    def stage(self, name, label, params, figures, history, files) -> None:
+        self.writer.add_text(f"{label}/config", json.dumps(params, indent=1))
+        for step, values in history:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{label}/{k}", v, step)
+        for k, v in figures.items():
+            self.writer.add_scalar(f"{label}/{k}", v, 0)
+        self.writer.flush()
+
+    def artifacts(self, paths) -> None:  # event files hold scalars and text; the report stays in the run folder
+        pass
+
+    def metrics(self, figures: dict) -> None:
+        for k, v in figures.items():
+            self.writer.add_scalar(k, v, 0)
+
+    def end(self) -> None:
+        self.writer.close()
+
+
+_BACKENDS = {"mlflow": _MLflow, "wandb": _WandB, "tensorboard": _TensorBoard}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flat(v, key))
+        else:
+            out[key] = v if _number(v) else str(v)[:500]  # MLflow's param values are bounded
+    return out
