@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import logging
 import os
+import sys
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -91,6 +93,7 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report's full metrics again
     rec: Recipe = config["recipe"]
     cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
     stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), config["out_dir"]  # a path or storage URI
@@ -177,7 +180,8 @@ def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir
     if rank == 0:
         log.write(metrics)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr") or k.startswith("eval"))
-        print(f"[{name}] step {metrics['step']} {shown}", flush=True)
+        # Straight to the worker's stdout: Ray Train's patched print would also log it (shown twice).
+        print(f"[{name}] step {metrics['step']} {shown}", flush=True, file=sys.__stdout__)
     _write_progress(out_dir, rank, metrics["step"])
     if not save:
         ray.train.report(metrics)
