@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import jinja2
+
 IGNORE_INDEX = -100
 MaskStrategy = Literal["all_assistant", "final_turn"]
 MASK_STRATEGIES = ("all_assistant", "final_turn")
@@ -412,8 +414,6 @@ def preflight(examples: Sequence[tuple[str, Sequence[dict]]], tokenizer, templat
 
 
 def _prefix_violations(messages, tokenizer, template, **kw) -> list[str]:
-    import jinja2
-
     out = []
     for k in range(1, len(messages)):
         try:

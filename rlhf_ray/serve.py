@@ -86,10 +86,10 @@ class _Metrics:
                                             boundaries=seconds)
         self.scoring = metrics.Histogram("rlhf_ray_scoring_seconds", "time to score a request's candidates",
                                          boundaries=seconds)
-        self.reward = metrics.Histogram("rlhf_ray_chosen_reward", "reward of the candidate returned",
-                                        boundaries=[-8, -4, -2, -1, -0.5, 0, 0.5, 1, 2, 4, 8])
+        # A gauge: rewards may be negative, which Ray's histogram boundaries cannot be.
+        self.reward = metrics.Gauge("rlhf_ray_chosen_reward", "reward of the latest candidate returned")
         self.chosen = metrics.Histogram("rlhf_ray_chosen_index", "index of the candidate returned",
-                                        boundaries=[0, 1, 2, 4, 8, 16, 32])
+                                        boundaries=[0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5])  # 0, 1, 2, 3-4, ... (Ray needs > 0)
 
     def observe(self, n: int, generation_s: float, scoring_s: float, rewards) -> None:
         self.candidates.observe(n)
@@ -97,7 +97,7 @@ class _Metrics:
         if rewards is not None:
             best = selection.best_of_n(rewards)
             self.scoring.observe(scoring_s)
-            self.reward.observe(float(rewards[best]))
+            self.reward.set(float(rewards[best]))
             self.chosen.observe(best)
 
 

@@ -213,8 +213,9 @@ def test_the_endpoint_exports_prometheus_metrics_without_text(endpoint):
     requests = {line.split("status=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line.startswith("ray_rlhf_ray_requests_total{")}
     assert requests.get("200", 0) >= 2 and requests.get("401", 0) >= 1, requests
-    for name in ("candidates", "generation_seconds", "scoring_seconds", "chosen_reward", "chosen_index"):
+    for name in ("candidates", "generation_seconds", "scoring_seconds", "chosen_index"):
         assert f"ray_rlhf_ray_{name}_bucket" in text
+    assert "ray_rlhf_ray_chosen_reward{" in text
     assert "12 + 30" not in text  # no prompt (or completion) text in the metrics
 
 
