@@ -164,6 +164,27 @@ class Scorer:
             return await asyncio.to_thread(self.scorer.score, [prompt] * len(answers), answers)
 
 
+# Before the ingress class: Serve captures the module globals its methods use when the class is decorated.
+def _stream(answer: dict) -> StreamingResponse:
+    """``stream: true``: the answer as OpenAI's server-sent chunks (role, then each choice's content, then
+    its finish reason, then [DONE]), sent once the best candidate is picked: clients that always stream
+    work, though nothing arrives before scoring ends."""
+    base = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"]}
+
+    def events():
+        for c in answer["choices"]:
+            for delta, finish in (({"role": "assistant", "content": ""}, None),
+                                  ({"content": c["message"]["content"]}, None), ({}, c["finish_reason"])):
+                chunk = {**base, "choices": [{"index": c["index"], "delta": delta, "finish_reason": finish,
+                                              "logprobs": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+        extra = {k: answer[k] for k in ("usage", "best_of_n") if k in answer}
+        yield f"data: {json.dumps({**base, 'choices': [], **extra})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 @serve.deployment(name="BestOfN")
 @serve.ingress(app)
 class BestOfN:
@@ -334,26 +355,6 @@ class BestOfN:
         return {**out, "choices": [choice(0, candidates[best])],
                 "best_of_n": {"chosen_index": best, "rewards": [float(r) for r in rewards],
                               "candidates": [c["text"] for c in candidates]}}
-
-
-def _stream(answer: dict) -> StreamingResponse:
-    """``stream: true``: the answer as OpenAI's server-sent chunks (role, then each choice's content, then
-    its finish reason, then [DONE]), sent once the best candidate is picked: clients that always stream
-    work, though nothing arrives before scoring ends."""
-    base = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"]}
-
-    def events():
-        for c in answer["choices"]:
-            for delta, finish in (({"role": "assistant", "content": ""}, None),
-                                  ({"content": c["message"]["content"]}, None), ({}, c["finish_reason"])):
-                chunk = {**base, "choices": [{"index": c["index"], "delta": delta, "finish_reason": finish,
-                                              "logprobs": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-        extra = {k: answer[k] for k in ("usage", "best_of_n") if k in answer}
-        yield f"data: {json.dumps({**base, 'choices': [], **extra})}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:
