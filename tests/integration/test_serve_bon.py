@@ -41,6 +41,9 @@ def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build(cfg), name="best-of-n", route_prefix="/")
+    except BaseException:
+        serve.shutdown()  # a half-deployed app would hold the shared cluster's CPUs for every later test
+        raise
     finally:
         del os.environ[cfg.serve.api_key_env]
     yield f"http://127.0.0.1:{port}", cfg
