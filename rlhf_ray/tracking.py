@@ -99,6 +99,7 @@ class _MLflow:
         import mlflow
 
         self.mlflow = mlflow
+        self.env_uri = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it; end() puts it back
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(t.experiment)
         mlflow.start_run(run_name=name)
@@ -126,6 +127,10 @@ class _MLflow:
 
     def end(self) -> None:
         self.mlflow.end_run()
+        if self.env_uri is None:  # the next job in this process must not log into this one's store
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self.env_uri
 
 
 class _WandB:

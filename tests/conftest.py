@@ -23,6 +23,16 @@ S3_PORT = free_port()
 os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="testing",
                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
 
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # jobs in tests log into their own run folders
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uri_per_test(monkeypatch):
+    """A test that reads a store back (``mlflow.set_tracking_uri`` exports the URI) must not send the
+    next test's jobs there."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -78,3 +78,16 @@ def test_tensorboard_event_files_hold_each_stages_curve_and_figures(tmp_path):
     events.Reload()
     assert [(e.step, round(e.value, 4)) for e in events.Scalars("sft/loss")] == [(1, 2.0), (2, 1.0), (3, 0.6667)]
     assert events.Scalars("sft/train_rows")[0].value == 96
+
+
+def test_a_second_job_in_the_same_process_logs_into_its_own_run_folder(tmp_path):
+    import mlflow
+
+    for name in ("first", "second"):
+        cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path / name}"])
+        with tracking.job(cfg, name):
+            finish_a_stage(tmp_path / name)
+    for name in ("first", "second"):
+        mlflow.set_tracking_uri(f"file://{tmp_path / name}/mlruns")
+        runs = mlflow.search_runs(experiment_names=["rlhf_ray"])
+        assert sorted(runs["tags.mlflow.runName"]) == sorted([name, "sft"])
