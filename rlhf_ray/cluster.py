@@ -1,6 +1,7 @@
 """Connecting a job to Ray."""
 from __future__ import annotations
 
+import logging
 import os
 
 
@@ -18,4 +19,9 @@ def connect() -> None:
         ray.init(address=os.environ.get("RAY_ADDRESS", "local"))
     # Rows keep file order through every stage: held-out splits ("the last N rows") and resumed
     # epochs then see the same rows on every run.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    # The long stages print their own progress line (progress.track); Ray Data's would add a block of
+    # per-operator lines every few seconds per dataset where stdout is no terminal (job logs, CI, tee).
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"

@@ -168,7 +168,7 @@ _RULES: dict[str, tuple] = {
     **{k: _at_least(1) for k in ("epochs", "global_batch_size", "micro_batch_size", "max_seq_len", "num_workers", "n",
                                  "max_tokens", "max_model_len", "rows_per_call", "calls_per_actor", "tensor_parallel",
                                  "kv_cache_gb", "batch_size", "max_len", "pairs_per_prompt", "policy_samples", "n_boot",
-                                 "default_candidates", "max_candidates", "max_prompt_tokens",
+                                 "default_candidates", "max_candidates", "max_prompt_tokens", "log_every",
                                  "max_ongoing_requests", "max_replicas", "score_max_len", "max_request_bytes",
                                  "max_messages")},
     **{k: _at_least(0) for k in ("max_steps", "checkpoint_every", "eval_every", "torch_threads", "trainable_layers",
@@ -329,6 +329,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0             # steps; 0: only at the end
     eval_every: int = 0                   # steps; 0: only at the end
+    log_every: int = 1                    # steps between console lines (metrics.jsonl and trackers get every step)
     torch_threads: int = 0                # per worker; 0: torch's default
     # 0: every weight learns; N: only the top N transformer blocks (and heads), embeddings and lower
     # blocks frozen: about half a step's cost on a CPU
@@ -557,6 +558,10 @@ class TrackingConfig:
     uri: str = ""                         # mlflow; empty: MLFLOW_TRACKING_URI, else a file store in RUN_DIR/mlruns
     experiment: str = "rlhf_ray"          # the MLflow experiment / W&B project
     run_name: str = ""                    # empty: the job's name
+    # org/name: every model folder the job trains is uploaded to its own hub repo, org/name-<stage>
+    # (org/name-sft, org/name-rm, org/name-rs-round1-top-sft); empty: none
+    push_to_hub: str = ""
+    hub_private: bool = True
 
 
 @dataclass(frozen=True)

@@ -237,12 +237,13 @@ class VLLMGenerator:
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
                  tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
-                 restarts: int = 0):
+                 restarts: int = 0, progress=None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = Sampling(**sampling)
         self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
+        self.progress = progress  # a progress.Counter actor, or None
         once = RequestOutputKind.FINAL_ONLY  # no partial outputs per step
         self.params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                                       output_kind=once)]
@@ -282,6 +283,8 @@ class VLLMGenerator:
                 rows["finish_reason"].append(o.finish_reason)
                 for c in carried:
                     rows[c].append(batch[c][i])
+        if self.progress is not None:
+            self.progress.add.remote(len(batch["prompt_id"]))
         return {c: _objects(v) if c == "prompt" else np.asarray(v) for c, v in rows.items()}
 
 
@@ -296,10 +299,11 @@ def _messages(prompt) -> list[dict]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
-def generate_dataset(prompts, model: str, g, failures: str = ""):
+def generate_dataset(prompts, model: str, g, failures: str = "", progress=None):
     """Tokenized good prompt rows (``prompt_id``, ``prompt``, ``prompt_token_ids``) → candidate rows,
     sampled and pooled as the ``generate`` section ``g`` (a ``config.GenerateConfig``) says. With a
-    ``failures`` folder, an actor whose engine fails is replaced up to g.engine_restarts times."""
+    ``failures`` folder, an actor whose engine fails is replaced up to g.engine_restarts times; with a
+    ``progress.Counter`` actor, the actors count the prompts they finished into it."""
     from dataclasses import asdict
 
     from ray.data import ActorPoolStrategy
@@ -309,7 +313,8 @@ def generate_dataset(prompts, model: str, g, failures: str = ""):
         VLLMGenerator, batch_size=g.rows_per_call, batch_format="numpy",
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": g.max_model_len,
                                "dtype": g.dtype, "tensor_parallel": g.tensor_parallel, "kv_cache_gb": g.kv_cache_gb,
-                               "threads": g.threads, "failures": failures, "restarts": g.engine_restarts},
+                               "threads": g.threads, "failures": failures, "restarts": g.engine_restarts,
+                               "progress": progress},
         compute=ActorPoolStrategy(min_size=g.actors[0], max_size=g.actors[1], enable_true_multi_threading=True,
                                   max_concurrent_calls_per_actor=g.calls_per_actor,
                                   max_tasks_in_flight_per_actor=2 * g.calls_per_actor),

@@ -187,8 +187,9 @@ def as_messages(completion) -> list[dict]:
 
 
 class _ScoreActor:
-    def __init__(self, failures: str = "", restarts: int = 0, **kwargs):
+    def __init__(self, failures: str = "", restarts: int = 0, progress=None, **kwargs):
         self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
+        self.progress = progress  # a progress.Counter actor, or None
         self.scorer = make_scorer(**kwargs)
 
     def __call__(self, batch: dict) -> dict:
@@ -207,6 +208,8 @@ class _ScoreActor:
         plain = {"prompt": _objects(prompts)}
         if len(batch["completion"]) and not isinstance(batch["completion"][0], str):
             plain["completion"] = _objects(completions)
+        if self.progress is not None:
+            self.progress.add.remote(len(rewards))
         return {**batch, **plain, "reward": rewards, "score_tokens": _spread(real, len(rewards)),
                 "score_padding": _spread(pad, len(rewards))}
 
@@ -222,11 +225,12 @@ def _spread(total: int, n: int) -> list[int]:
     return [total // n + (i < total % n) for i in range(n)]
 
 
-def score_dataset(ds, model_dir: str | Path, s, failures: str = ""):
+def score_dataset(ds, model_dir: str | Path, s, failures: str = "", progress=None):
     """Add ``reward`` (and per-row ``score_tokens``/``score_padding``) to rows holding ``prompt`` (messages)
     and ``completion`` (text or messages), scored and pooled as the ``score`` section ``s`` (a
     ``config.ScoreConfig``) says. With a ``failures`` folder, an actor whose vLLM engine fails is
-    replaced up to s.engine_restarts times."""
+    replaced up to s.engine_restarts times; with a ``progress.Counter`` actor, the actors count the rows
+    they scored into it."""
     from dataclasses import asdict
 
     from ray.data import ActorPoolStrategy
@@ -236,6 +240,7 @@ def score_dataset(ds, model_dir: str | Path, s, failures: str = ""):
         fn_constructor_kwargs={"kind": s.scorer, "model_dir": str(model_dir), "template": s.template,
                                "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
                                "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function,
-                               "prm_reduce": s.prm_reduce, "failures": failures, "restarts": s.engine_restarts},
+                               "prm_reduce": s.prm_reduce, "failures": failures, "restarts": s.engine_restarts,
+                               "progress": progress},
         compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor)

@@ -24,7 +24,7 @@ import os
 import warnings
 from pathlib import Path
 
-_state: dict = {"backend": None, "run_dir": None}
+_state: dict = {"backend": None, "run_dir": None, "hub": "", "private": True}
 
 
 def _guarded(fn):
@@ -46,26 +46,23 @@ def _guarded(fn):
 def job(cfg, name: str):
     """The job's run for ``cfg.tracking`` (the parent of its stages'); a no-op when the backend is none."""
     t = cfg.tracking
-    if t.backend == "none":
-        yield
-        return
     run_dir = Path(cfg.run_dir).absolute()
-    _state.update(backend=_BACKENDS[t.backend](), run_dir=run_dir)
-    _guarded(lambda: _state["backend"].start(t, run_dir, t.run_name or name))()
+    _state.update(run_dir=run_dir, hub=t.push_to_hub, private=t.hub_private)
+    if t.backend != "none":
+        _state["backend"] = _BACKENDS[t.backend]()
+        _guarded(lambda: _state["backend"].start(t, run_dir, t.run_name or name))()
     try:
         yield
     finally:
-        _guarded(lambda: _state["backend"].end())()
-        _state.update(backend=None, run_dir=None)
+        if _state["backend"] is not None:
+            _guarded(lambda: _state["backend"].end())()
+        _state.update(backend=None, run_dir=None, hub="")
 
 
 @_guarded
 def log_stage(name: str, out: Path, section: dict, manifest: dict) -> None:
     """A finished stage: its config, figures, per-step curves and files."""
-    try:
-        label = out.absolute().relative_to(_state["run_dir"]).as_posix()  # rs/round1/top/sft
-    except ValueError:
-        label = name
+    label = _label(out) or name  # rs/round1/top/sft
     figures = {**_flat(manifest.get("counts", {})), **_flat(manifest.get("held_out") or {}, "held_out"),
                **({"seconds": manifest["seconds"]} if "seconds" in manifest else {})}
     steps = out / "metrics.jsonl"
@@ -74,6 +71,40 @@ def log_stage(name: str, out: Path, section: dict, manifest: dict) -> None:
     files = [out / f for f in ("manifest.json", "quarantine.jsonl", "quarantine_eval.jsonl") if (out / f).exists()]
     _state["backend"].stage(name, label, _flat(section), {k: float(v) for k, v in figures.items() if _number(v)},
                             history, files)
+
+
+def _label(out: Path) -> str | None:
+    try:
+        return Path(out).absolute().relative_to(_state["run_dir"]).as_posix()
+    except (TypeError, ValueError):
+        return None
+
+
+def hub_repo(prefix: str, model_dir: Path) -> str:
+    """The hub repo of a model folder: ``org/tiny`` and RUN_DIR/rs/round1/top/sft/model → ``org/tiny-rs-round1-top-sft``."""
+    label = (_label(model_dir) or Path(model_dir).parent.name).removesuffix("/model").replace("/", "-")
+    return f"{prefix}-{label}"
+
+
+def push(model_dir: Path) -> str | None:
+    """With ``tracking.push_to_hub``, uploads a finished model folder (weights, tokenizer, model card) to
+    its own hub repo (created private unless ``tracking.hub_private=false``). A hub that cannot be
+    reached or refuses costs one warning with the command that uploads it later; the run goes on."""
+    if not _state["hub"]:
+        return None
+    repo = hub_repo(_state["hub"], model_dir)
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo, private=_state["private"], exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(model_dir), commit_message="rlhf_ray")
+    except Exception as e:  # noqa: BLE001 - the model is saved; an upload can be done later
+        warnings.warn(f"push_to_hub: {model_dir} was not uploaded to {repo} ({type(e).__name__}: {str(e)[:300]}); "
+                      f"upload it with: huggingface-cli upload {repo} {model_dir}", stacklevel=2)
+        return None
+    print(f"[hub] uploaded {model_dir} to https://huggingface.co/{repo}", flush=True)
+    return repo
 
 
 @_guarded

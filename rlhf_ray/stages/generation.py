@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, models, storage
+from rlhf_ray import arithmetic, cluster, config, data, manifest, models, progress, storage
 from rlhf_ray.config import GenerateConfig, PipelineConfig
 
 
@@ -43,11 +43,12 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     # One block per actor call, so that the pool streams and a lost actor costs one call's retry.
     good = good.repartition(max(1, math.ceil(m / g.rows_per_call)))
     failures = engine_failures(out)
-    candidates = vllm_generate.generate_dataset(good, model_dir, g, failures)
     target = out / "candidates"
     storage.remove(target)
     start = time.perf_counter()
-    replaced = write_replacing_engines(candidates, target, failures, "generate", g.engine_restarts)
+    with progress.track(progress.label("generate", out), m, "prompts") as counter:
+        candidates = vllm_generate.generate_dataset(good, model_dir, g, failures, counter)
+        replaced = write_replacing_engines(candidates, target, failures, "generate", g.engine_restarts)
     seconds = time.perf_counter() - start
 
     per_prompt = g.n + g.greedy

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage
+from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage, tracking
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages import generation, scoring, sft
 
@@ -174,6 +174,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     model_card.write(model_dir, "reward_model", r.model.name, train_files + eval_files, counts, final,
                      st.config_hash, r.objective)
     st.finish(counts, held_out=held_out, model_dir=str(model_dir))
+    tracking.push(model_dir)
     print(f"[rm] wrote {model_dir}: {counts} {held_out}")
     return model_dir
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from rlhf_ray import cluster, manifest, models, rewards, storage
+from rlhf_ray import cluster, manifest, models, progress, rewards, storage
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages.generation import check_accounting, engine_failures, write_replacing_engines
 
@@ -34,11 +34,12 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     ds = ray.data.read_parquet(candidates)
     rows = ds.count()
     failures = engine_failures(out)
-    scored = score_dataset(ds, model_dir, s, failures)
     target = out / "scored"
     storage.remove(target)
     start = time.perf_counter()
-    replaced = write_replacing_engines(scored, target, failures, "score", s.engine_restarts)
+    with progress.track(progress.label("score", out), rows, "candidates") as counter:
+        scored = score_dataset(ds, model_dir, s, failures, counter)
+        replaced = write_replacing_engines(scored, target, failures, "score", s.engine_restarts)
     seconds = time.perf_counter() - start
 
     done = check_accounting(target, rows, ("score_tokens", "score_padding"))

@@ -5,7 +5,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from rlhf_ray import arithmetic, chat, cluster, config, data, manifest, model_card, models, storage
+from rlhf_ray import arithmetic, chat, cluster, config, data, manifest, model_card, models, storage, tracking
 from rlhf_ray.config import ModelConfig, PipelineConfig
 
 
@@ -79,6 +79,7 @@ def run(cfg: PipelineConfig) -> Path:
     model_card.write(out / "model", "sft", cfg.policy.name, train_files + eval_files, counts, result.metrics or {},
                      st.config_hash)
     st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
+    tracking.push(out / "model")
     print(f"[sft] wrote {out / 'model'}: {counts}")
     return out / "model"
 

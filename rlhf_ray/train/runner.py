@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-from rlhf_ray import storage
+from rlhf_ray import progress, storage
 from rlhf_ray.config import PipelineConfig, build
 from rlhf_ray.train import loop
 
@@ -128,6 +128,7 @@ def train_worker(config: dict) -> None:
     log = MetricsLog(f"{out_dir}/metrics.jsonl", step) if rank == 0 else None
     # Held-out metrics before any update: the reference the final eval is compared with.
     extra = {f"{k}_initial": v for k, v in evaluate().items()} if eval_shard is not None and step == 0 else {}
+    clock = progress.StepClock(step, p.total_steps, t.log_every)
     while step < p.total_steps:
         epoch = step // p.steps_per_epoch
         groups = _grouped(rec.micro_batches(train_shard, epoch, cfg, tokenizer), p.accum)
@@ -145,7 +146,7 @@ def train_worker(config: dict) -> None:
                 metrics.update(evaluate())
             # The final checkpoint never resumes training: it keeps no optimizer state (2x the model for AdamW).
             save = "final" if last else "full" if t.checkpoint_every and step % t.checkpoint_every == 0 else None
-            _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save, log)
+            _report(rec.name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir, save, log, clock)
             if last:
                 break
 
@@ -174,14 +175,15 @@ def _write_progress(out_dir: str, rank: int, step: int) -> None:
     (d / f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "step": step}))
 
 
-def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: str | None, log) -> None:
+def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: str | None, log,
+            clock) -> None:
     import ray.train
 
     if rank == 0:
         log.write(metrics)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in ("loss", "lr") or k.startswith("eval"))
-        # Straight to the worker's stdout: Ray Train's patched print would also log it (shown twice).
-        print(f"[{name}] step {metrics['step']} {shown}", flush=True, file=sys.__stdout__)
+        if shown := clock.line(name, metrics):
+            # Straight to the worker's stdout: Ray Train's patched print would also log it (shown twice).
+            print(shown, flush=True, file=sys.__stdout__)
     _write_progress(out_dir, rank, metrics["step"])
     if not save:
         ray.train.report(metrics)

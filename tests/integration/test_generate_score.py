@@ -40,7 +40,7 @@ def read(path) -> pd.DataFrame:
     return pd.read_parquet(path).sort_values(["prompt_id", "sample_idx"]).reset_index(drop=True)
 
 
-def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
+def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir, capsys):
     long_prompt = json.dumps({"prompt": [{"role": "user", "content": "word " * 400}], "answer": "0"})
     prompts = write_prompts(tmp_path / "prompts.jsonl", 12, [long_prompt, json.dumps({"answer": "1"})])
     # Two files of one name (as shards in train/ and extra/ would be): their prompts must not share ids.
@@ -72,8 +72,11 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     assert "tokens" in next(q["reason"] for q in quarantined if q["line"] == 7)
     counts = manifest.read(tmp_path / "generate")["counts"]
     assert counts["prompts"] == 12 and counts["candidates"] == 36 and counts["quarantined"] == 2
+    # The actors counted their prompts into the stage's progress line.
+    assert f"[generate {tmp_path}] 12/12 prompts (100%)" in capsys.readouterr().out
 
     scored = read(scoring.run(cfg))
+    assert f"[score {tmp_path}] 36/36 candidates (100%)" in capsys.readouterr().out
     assert len(scored) == 36 and np.isfinite(scored.reward).all() and scored.reward.std() > 0
     from rlhf_ray.score import RewardScorer
 

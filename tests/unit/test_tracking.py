@@ -91,3 +91,26 @@ def test_a_second_job_in_the_same_process_logs_into_its_own_run_folder(tmp_path)
         mlflow.set_tracking_uri(f"file://{tmp_path / name}/mlruns")
         runs = mlflow.search_runs(experiment_names=["rlhf_ray"])
         assert sorted(runs["tags.mlflow.runName"]) == sorted([name, "sft"])
+
+
+def test_each_trained_model_gets_its_own_hub_repo_named_after_its_stage(tmp_path):
+    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
+                                             "tracking.push_to_hub=org/tiny"])
+    with tracking.job(cfg, "pipeline"):
+        assert tracking.hub_repo("org/tiny", tmp_path / "sft" / "model") == "org/tiny-sft"
+        assert tracking.hub_repo("org/tiny", tmp_path / "rs/round1/top/sft/model") == "org/tiny-rs-round1-top-sft"
+
+
+def test_a_hub_that_cannot_be_reached_costs_a_warning_with_the_command_that_uploads_later(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    model = tmp_path / "rm" / "model"
+    model.mkdir(parents=True)
+    (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
+                                             "tracking.push_to_hub=org/tiny"])
+    with tracking.job(cfg, "pipeline"), pytest.warns(UserWarning) as caught:
+        assert tracking.push(model) is None
+    assert len(caught) == 1
+    assert f"upload it with: huggingface-cli upload org/tiny-rm {model}" in str(caught[0].message)
+    with tracking.job(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none"]), "pipeline"):
+        assert tracking.push(model) is None  # no push_to_hub: nothing is tried
