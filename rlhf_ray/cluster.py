@@ -25,3 +25,8 @@ def connect() -> None:
     # per-operator lines every few seconds per dataset where stdout is no terminal (job logs, CI, tee).
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
+    # Ray Data's per-dataset INFO lines (execution plan, "finished in") go to its log file only
+    # (RAY_SESSION/logs/ray-data); its warnings and errors still reach the console.
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.WARNING)

@@ -36,8 +36,11 @@ def line(stage: str, done: int, total: int, seconds: float, unit: str) -> str:
 def label(stage: str, out) -> str:
     """``generate`` writing into ``<cwd>/runs/tiny/rs/round1/generate`` → ``generate runs/tiny/rs/round1``."""
     where = os.path.dirname(str(out).rstrip("/"))
-    if os.path.isabs(where) and (rel := os.path.relpath(where)) and not rel.startswith(".."):
-        where = rel
+    try:
+        if os.path.isabs(where) and not (rel := os.path.relpath(where)).startswith(".."):
+            where = rel
+    except OSError:  # the working directory is gone (a replaced `ray job submit` working_dir)
+        pass
     return f"{stage} {where}"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -129,6 +130,7 @@ class _MLflow:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it in maintenance mode
         import mlflow
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating a new experiment" before a job's output
         self.mlflow = mlflow
         self.env_uri = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it; end() puts it back
         mlflow.set_tracking_uri(uri)

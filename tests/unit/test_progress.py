@@ -40,3 +40,11 @@ def test_a_resumed_run_paces_from_the_step_it_resumed_at():
     clock = progress.StepClock(step=6, total=10, every=1)
     assert clock.line("rm", {"step": 8, "loss": 0.5, "lr": 1e-5}, now=clock.start + 10.0) == \
         "[rm] step 8/10 loss 0.5 lr 1e-05, 10s left"
+
+
+def test_a_label_without_a_working_directory_keeps_the_path(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert progress.label("generate", "/data/run/rs/round1/generate") == "generate /data/run/rs/round1"
