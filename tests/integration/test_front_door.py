@@ -60,8 +60,8 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     assert len(mlflow.MlflowClient().get_metric_history(sft, "loss")) >= 1
     assert "report.html" in [f.path for f in mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0])]
     # The console: a progress line per long stage, training lines once, none of Ray Data's progress blocks.
-    assert f"[generate {relative_run_dir}] 8/8 prompts (100%)" in job.stdout
-    assert f"[score {relative_run_dir}] 32/32 candidates (100%)" in job.stdout
+    assert f"[generate {relative_run_dir}/rs/round1] 8/8 prompts (100%)" in job.stdout
+    assert f"[score {relative_run_dir}/rs/round1] 32/32 candidates (100%)" in job.stdout
     assert "Running Dataset" not in job.stdout + job.stderr
     steps = [line[line.index("[") :] for line in job.stdout.splitlines() if "] step " in line]
     assert any(s.startswith("[sft] step 1/") for s in steps) and any(s.startswith("[rm] step 1/") for s in steps)
