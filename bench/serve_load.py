@@ -4,7 +4,7 @@ and time: the same policy (SmolLM2-135M-Instruct), the same requests (N candidat
 each concurrency; requests/s, completion tokens/s, p50/p99 latency. The endpoint also scores the N
 candidates (MiniLM reward model) and answers with the best; the plain server returns all N.
 
-    .venv/bin/python bench/serve_load.py [--n 4] [--max-tokens 32] [--concurrency 1 8 32] [--requests 8 24 64]
+    .venv/bin/python bench/serve_load.py [--n 4] [--max-tokens 32] [--concurrency 1 8 32] [--requests 8 24 64] [--threads 2]
 
 The two servers run one after the other (never side by side on the same cores), each started here and
 stopped by its PID (vLLM's server) or by serve.shutdown (the endpoint).
@@ -78,7 +78,8 @@ def run_levels(base_url: str, model: str, args, extra: dict) -> dict:
 def vllm_server(policy: str, args) -> dict:
     """vLLM's OpenAI server (its defaults, the CPU settings the project's engines use) on the policy."""
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # Its engine on as many threads as the endpoint's (vLLM serves on one unless OMP_NUM_THREADS says).
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", policy, "--served-model-name",
            "plain", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len",
            str(MAX_MODEL_LEN), "--enforce-eager", "--block-size", "32", "--seed", "0"]
@@ -116,7 +117,7 @@ def endpoint(args) -> dict:
         "serve.policy=default", "serve.reward_model=default-rm", f"serve.port={port}",
         f"serve.max_model_len={MAX_MODEL_LEN}", "serve.max_prompt_tokens=512", f"serve.max_candidates={args.n}",
         f"serve.max_ongoing_requests={max(args.concurrency)}", f"serve.max_queued_requests={max(args.concurrency)}",
-        "serve.scorer.num_cpus=0.5"])
+        "serve.scorer.num_cpus=0.5", f"generate.threads={args.threads}"])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -134,6 +135,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, nargs="+", default=[8, 24, 64])
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of each side's engine")
     p.add_argument("--out", default=str(common.RESULTS / "serve_load.json"))
     args = p.parse_args()
     if len(args.requests) != len(args.concurrency):
@@ -148,7 +150,7 @@ def main() -> None:
         print(f"concurrency {c}: best-of-N throughput {r['requests_per_s']:.2f}x plain, p50 {r['p50_overhead']:+.1%}")
     common.write(args.out, {
         "device": "cpu", **common.machine(), "policy": "SmolLM2-135M-Instruct", "rm": "all-MiniLM-L6-v2",
-        "n": args.n, "max_tokens": args.max_tokens, "goal": "best-of-N requests/s >= 0.8x plain; p50 overhead <= 10% "
+        "n": args.n, "max_tokens": args.max_tokens, "threads": args.threads, "goal": "best-of-N requests/s >= 0.8x plain; p50 overhead <= 10% "
         "at concurrency 1", "plain_vllm_server": plain, "best_of_n_endpoint": bon, "best_of_n_vs_plain": ratio})
 
 

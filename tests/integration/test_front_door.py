@@ -3,6 +3,7 @@ started from the repository root, then `make run`'s exact command line in CI's c
 run folder (every stage is up to date, so it resumes to the report). Small overrides keep it short."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,8 +64,8 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     assert f"[generate {relative_run_dir}/rs/round1] 8/8 prompts (100%)" in job.stdout
     assert f"[score {relative_run_dir}/rs/round1] 32/32 candidates (100%)" in job.stdout
     assert "Running Dataset" not in job.stdout + job.stderr
-    steps = [line[line.index("[") :] for line in job.stdout.splitlines() if "] step " in line]
-    assert any(s.startswith("[sft] step 1/") for s in steps) and any(s.startswith("[rm] step 1/") for s in steps)
+    steps = re.findall(r"\[\w+\] step \d+/\d+ .*", job.stdout)  # after Ray's worker prefix
+    assert any(s.startswith("[sft] step 1/") for s in steps) and any(s.startswith("[reward] step 1/") for s in steps)
     assert len(steps) == len(set(steps)), steps  # each step shown once
 
     # `make run` as the README writes it, with CI's environment (no RAY_ADDRESS: it starts its own Ray).
