@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage, tracking
+from rlhf_ray import (arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage,
+                      tracking)
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages import generation, scoring, sft
 
