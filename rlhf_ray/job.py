@@ -35,4 +35,9 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
         # Bad input (the user's to fix) or engines that kept failing: one clear line, not a library's traceback.
         print(f"{name}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the local cluster this process started goes down with it (Ray's exit hook); finished
+        # stages keep their manifests, so the same command resumes after them.
+        print(f"{name}: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0

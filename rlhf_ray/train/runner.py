@@ -12,6 +12,7 @@ import json
 import math
 import logging
 import os
+import signal
 import sys
 import tempfile
 from itertools import islice
@@ -241,7 +242,13 @@ def fit(rec: type[Recipe], cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
     )
-    result = trainer.fit()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    except SystemExit:  # Ray Train's Ctrl-C handler aborts the run, then exits: the job says it stopped
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Ray Train's handler would outlive the run
     storage.pull(out_dir / "metrics.jsonl")  # written by rank 0, wherever it ran
     return result, p
 

@@ -163,3 +163,15 @@ def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug
     assert err.startswith("sft: ") and "sft.train.lr=-1.0" in err and len(err.strip().splitlines()) == 1, err
     assert job.main("sft", "", never, [tiny, "--debug", "sft.train.lr=-1"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys, tmp_path):
+    from rlhf_ray import job
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    tiny = str(Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml")
+    assert job.main("pipeline", "", interrupted, [tiny, f"run_dir={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "pipeline: stopped (Ctrl-C)", err
