@@ -9,6 +9,7 @@ otherwise). Set the variable named by serve.api_key_env to require a bearer key.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from rlhf_ray import cluster, job
@@ -16,11 +17,17 @@ from rlhf_ray.config import PipelineConfig
 
 
 def run(cfg: PipelineConfig, blocking: bool = True):
+    import ray
     from ray import serve
 
-    from rlhf_ray.serve import build
+    from rlhf_ray.serve import build, unschedulable
 
     cluster.connect()
+    problem = unschedulable(cfg.serve, ray.cluster_resources())
+    if problem and not os.environ.get("RAY_ADDRESS"):  # a cluster this job started never grows
+        raise ValueError(problem)
+    if problem:  # a cluster's autoscaler may still add the nodes
+        print(f"[serve] warning: {problem}", flush=True)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     handle = serve.run(build(cfg), name="best-of-n", route_prefix="/", blocking=False)
     print(f"[serve] best-of-N on http://{cfg.serve.host}:{cfg.serve.port}/v1/chat/completions", flush=True)

@@ -373,6 +373,24 @@ def _options(d) -> dict:
     return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}}
 
 
+def unschedulable(s, resources: dict) -> str | None:
+    """Why the app's smallest replica set (each deployment's min_replicas) cannot all be placed on a
+    cluster with these total ``resources`` (``ray.cluster_resources()``), or None. Serve itself would
+    wait forever, repeating that a replica "has taken more than 30s to be scheduled"."""
+    parts = {"Generator": s.generator, "Scorer": s.scorer, "BestOfN": s.ingress}
+    for resource, key, unit in (("CPU", "num_cpus", "CPU"), ("GPU", "num_gpus", "GPU")):
+        need = {name: d.min_replicas * getattr(d, key) for name, d in parts.items()}
+        have = resources.get(resource, 0.0)
+        if sum(need.values()) > have + 1e-9:
+            names = {"Generator": "generator", "Scorer": "scorer", "BestOfN": "ingress"}
+            detail = ", ".join(f"{n} {v:g}" for n, v in need.items() if v)
+            fix = " or ".join(f"serve.{names[n]}.{key}" for n, v in need.items() if v and n != "BestOfN")
+            example = " (serve.scorer.num_cpus=0.5 fits 2 cores)" if resource == "CPU" else ""
+            return (f"the endpoint's deployments need {sum(need.values()):g} {unit} ({detail}) and this Ray "
+                    f"cluster has {have:g}: lower {fix}{example}, or add nodes")
+    return None
+
+
 def build(cfg: PipelineConfig):
     """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
     s = cfg.serve

@@ -98,6 +98,20 @@ def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
     assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
 
 
+def test_an_endpoint_the_cluster_cannot_place_is_named_before_serve_waits_for_it():
+    from rlhf_ray.serve import unschedulable
+
+    tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
+    assert unschedulable(config.load(PipelineConfig, tiny).serve, {"CPU": 2.0}) is None
+    s = config.load(PipelineConfig, tiny, ["serve.scorer.num_cpus=1", "serve.generator.min_replicas=1"]).serve
+    problem = unschedulable(s, {"CPU": 2.0})
+    assert problem.startswith("the endpoint's deployments need 2.1 CPU (Generator 1, Scorer 1, BestOfN 0.1) "
+                              "and this Ray cluster has 2: lower serve.generator.num_cpus or serve.scorer.num_cpus"), problem
+    gpu = config.load(PipelineConfig, tiny, ["serve.generator.num_gpus=1"]).serve
+    assert "need 1 GPU (Generator 1) and this Ray cluster has 0: lower serve.generator.num_gpus," in \
+        unschedulable(gpu, {"CPU": 8.0})
+
+
 BAD = [  # override → the key the one-line error must name
     ("sft.train.micro_batch_size=0", "sft.train.micro_batch_size=0"),
     ("sft.train.global_batch_size=0", "sft.train.global_batch_size=0"),
