@@ -21,13 +21,13 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray import arithmetic, generate, models  # noqa: E402
-from rlhf_ray.config import GenerateConfig  # noqa: E402
+from rlhf_ray import generate, models, tasks  # noqa: E402
+from rlhf_ray.config import GenerateConfig, TaskConfig  # noqa: E402
 
 
 def prompt_rows(count: int) -> list[dict]:
-    arithmetic.write_arithmetic("/tmp/rlhf_ray_bench", 0, count, seed=3)
-    rows = [json.loads(line) for line in open("/tmp/rlhf_ray_bench/prompts.jsonl")]
+    task = TaskConfig(name="arithmetic", sft_rows=0, prompt_rows=count, eval_rows=0, seed=3)
+    rows = [json.loads(line) for line in open(tasks.task_files(task, "/tmp/rlhf_ray_bench")["prompts"])]
     for i, r in enumerate(rows):
         r.update(_file="prompts.jsonl", _line=i + 1)
     return [generate.tokenize_prompt(r, "default", None, 10 ** 6) for r in rows]

@@ -203,6 +203,8 @@ def _relations(c) -> list[tuple[str, str]]:
         out.append(("bon_n", f"{list(c.bon_n)} must be a non-empty list of N >= 1"))
     if isinstance(c, TaskConfig) and not 0 <= c.operands[0] <= c.operands[1]:
         out.append(("operands", f"{list(c.operands)} must be [low, high] with 0 <= low <= high"))
+    if isinstance(c, TaskConfig) and not 2 <= c.options <= 10:
+        out.append(("options", f"{c.options} must be between 2 and 10"))
     if isinstance(c, DeploymentConfig) and c.min_replicas > c.max_replicas:
         out.append(("min_replicas", f"{c.min_replicas} is more than max_replicas={c.max_replicas}"))
     if isinstance(c, ServeConfig):
@@ -413,12 +415,13 @@ class EvalRMConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
-    name: Literal["none", "arithmetic"] = "none"
+    name: Literal["none", "arithmetic", "categories"] = "none"
     sft_rows: int = 256                   # SFT conversations
     rm_rows: int = 0                      # reward-model problems (pairs, or prompts to sample); 0: sft_rows
     prompt_rows: int = 64                 # prompts for rejection sampling
     eval_rows: int = 64                   # held-out prompts for evaluation
-    operands: tuple[int, int] = (10, 99)  # both numbers of a problem are drawn from this range
+    operands: tuple[int, int] = (10, 99)  # arithmetic: both numbers of a problem are drawn from this range
+    options: int = 4                      # categories: words offered per question, one of them right
     seed: int = 0
 
 

@@ -35,6 +35,17 @@ def final_number(prompt: list, completion: str, row: dict) -> float:
         return 0.0
 
 
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def final_word(prompt: list, completion: str, row: dict) -> float:
+    """1.0 when the completion's last word equals ``row["answer"]`` (case aside), else 0.0 (the
+    categories task's gold reward: listing every option ends on the wrong word, or on the right one by
+    the chance a guess has)."""
+    words = _WORD.findall(completion.lower())
+    return float(bool(words) and words[-1] == str(_answer(row)).lower())
+
+
 def math_answer(prompt: list, completion: str, row: dict) -> float:
     """1.0 when the completion's final answer is mathematically equal to ``row["answer"]`` (GSM8K numbers,
     MATH LaTeX such as ``\\frac{1}{2}``), by Hugging Face's ``math-verify``, else 0.0."""

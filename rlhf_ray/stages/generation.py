@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from rlhf_ray import arithmetic, cluster, config, data, manifest, models, progress, storage
+from rlhf_ray import cluster, config, data, manifest, models, progress, storage, tasks
 from rlhf_ray.config import GenerateConfig, PipelineConfig
 
 
 def prompt_files(cfg: PipelineConfig) -> list[str]:
     if cfg.generate.prompts:
         return data.expand_paths(cfg.generate.prompts)
-    if cfg.task.name == "arithmetic":
-        return [arithmetic.task_files(cfg.task, cfg.run_dir)["prompts"]]
+    if cfg.task.name != "none":
+        return [tasks.task_files(cfg.task, cfg.run_dir)["prompts"]]
     raise config.ConfigError("generate.prompts is empty and no task is configured (task.name)")
 
 

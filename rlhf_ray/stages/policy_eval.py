@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import arithmetic, data, evaluation, rewards, selection, stats, storage
+from rlhf_ray import data, evaluation, rewards, selection, stats, storage, tasks
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import generation, scoring
 
@@ -20,7 +20,7 @@ COMPARISONS = [("rs", "sft"), ("rs", "random"), ("rs_rule", "sft"), ("rs_rule", 
 def eval_prompts(cfg: PipelineConfig) -> list[str]:
     if cfg.eval.prompts:
         return data.expand_paths(cfg.eval.prompts)
-    return [arithmetic.task_files(cfg.task, cfg.run_dir)["eval"]]
+    return [tasks.task_files(cfg.task, cfg.run_dir)["eval"]]
 
 
 def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:

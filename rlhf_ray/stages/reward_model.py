@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import (arithmetic, cluster, config, data, manifest, model_card, models, objectives, selection, storage,
-                      tracking)
+from rlhf_ray import (cluster, config, data, manifest, model_card, models, objectives, selection, storage,
+                      tasks, tracking)
 from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.stages import generation, scoring, sft
 
@@ -64,7 +64,7 @@ def labelled_samples(cfg: PipelineConfig, policy: str) -> tuple[list[str], list[
     if s.prompts:
         prompts = data.expand_paths(s.prompts)
     elif cfg.task.name != "none":
-        prompts = [arithmetic.task_files(cfg.task, cfg.run_dir)["rm_prompts"]]
+        prompts = [tasks.task_files(cfg.task, cfg.run_dir)["rm_prompts"]]
     else:
         raise config.ConfigError("reward.source=policy_samples needs reward.samples.prompts or a task (task.name)")
     out = Path(cfg.run_dir) / "rm_data"
@@ -126,7 +126,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
         train_files = data.expand_paths(r.data.train)
         eval_files = data.expand_paths(r.data.eval) if r.data.eval else []
     elif cfg.task.name != "none":
-        train_files, eval_files = [arithmetic.task_files(cfg.task, cfg.run_dir)["pairs"]], []
+        train_files, eval_files = [tasks.task_files(cfg.task, cfg.run_dir)["pairs"]], []
     else:
         raise config.ConfigError("reward.data.train is empty and no task is configured (task.name)")
     cfg = with_backbone(cfg)

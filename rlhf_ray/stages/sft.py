@@ -5,7 +5,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from rlhf_ray import arithmetic, chat, cluster, config, data, manifest, model_card, models, storage, tracking
+from rlhf_ray import chat, cluster, config, data, manifest, model_card, models, storage, tasks, tracking
 from rlhf_ray.config import ModelConfig, PipelineConfig
 
 
@@ -14,8 +14,8 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     d = cfg.sft.data
     if d.train:
         return data.expand_paths(d.train), data.expand_paths(d.eval) if d.eval else []
-    if cfg.task.name == "arithmetic":
-        return [arithmetic.task_files(cfg.task, cfg.run_dir)["sft"]], []
+    if cfg.task.name != "none":
+        return [tasks.task_files(cfg.task, cfg.run_dir)["sft"]], []
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from rlhf_ray.stages import generation, scoring
-from rlhf_ray import arithmetic, chat, config, manifest, models
+from rlhf_ray import chat, config, manifest, models, tasks
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.generate import VLLMGenerator
 
@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 def write_prompts(path: Path, m: int, extra: list[str] = ()) -> Path:
-    arithmetic.write_arithmetic(path.parent / "task", 0, m, seed=1)
-    lines = (path.parent / "task" / "prompts.jsonl").read_text().splitlines() + list(extra)
+    task = config.TaskConfig(name="arithmetic", sft_rows=0, prompt_rows=m, eval_rows=0, seed=1)
+    lines = Path(tasks.task_files(task, path.parent / "task")["prompts"]).read_text().splitlines() + list(extra)
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -7,8 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "rlhf_ray"
 # The pure core: plain functions over rows, tokens and tensors; no Ray, no I/O shells above it.
-CORE = {"schema", "chat", "losses", "selection", "stats", "evaluation", "config", "rewards", "arithmetic", "objectives",
-        "manifest"}
+CORE = {"schema", "chat", "losses", "selection", "stats", "evaluation", "config", "rewards", "arithmetic", "categories",
+        "tasks", "objectives", "manifest"}
 # Ray and engine shells over the core (the judge holds its vLLM and OpenAI backends).
 SHELLS = {"generate", "score", "serve", "judge", "cluster", "train"}
 

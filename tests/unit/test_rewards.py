@@ -45,3 +45,15 @@ def test_correct_incorrect_pairs():
     assert not [p for p in pairs if p[0] == 1]  # no incorrect answer: no pair
     assert [p for p in pairs if p[0] == 2] == [(2, 2, 0), (2, 2, 1)]  # only two combinations
     assert pairs == selection.correct_incorrect_pairs(labels, max_pairs=3, seed=0)  # seeded
+
+
+def test_final_word_checks_the_last_word_whatever_its_case():
+    q = [{"role": "user", "content": "Which of these is a fruit: saw, plum, egypt? Answer with one word."}]
+    assert rewards.final_word(q, "Plum.", {"answer": "plum"}) == 1.0
+    assert rewards.final_word(q, "The fruit is plum", {"answer": "plum"}) == 1.0
+    assert rewards.final_word(q, "plum, saw, egypt", {"answer": "plum"}) == 0.0  # listing every option
+    assert rewards.final_word(q, "Plums.", {"answer": "plum"}) == 0.0
+    assert rewards.final_word(q, "42.", {"answer": "plum"}) == 0.0
+    assert rewards.final_word(q, "", {"answer": "plum"}) == 0.0
+    with pytest.raises(ValueError, match="needs an 'answer' column"):
+        rewards.final_word(q, "plum", {})
