@@ -94,7 +94,10 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not every report's full metrics again
+    # Not every report's full metrics again (our step line says it): Ray Train v2 names that logger
+    # after its file path ("Reporting training result ..."), not under "ray.train".
+    for name in ["ray.train", *(n for n in list(logging.root.manager.loggerDict) if "/ray/train/" in n)]:
+        logging.getLogger(name).setLevel(logging.WARNING)
     rec: Recipe = config["recipe"]
     cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
     stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), config["out_dir"]  # a path or storage URI

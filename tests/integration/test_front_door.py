@@ -64,6 +64,7 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     assert f"[generate {relative_run_dir}/rs/round1] 8/8 prompts (100%)" in job.stdout
     assert f"[score {relative_run_dir}/rs/round1] 32/32 candidates (100%)" in job.stdout
     assert "Running Dataset" not in job.stdout + job.stderr
+    assert "Reporting training result" not in job.stdout + job.stderr  # Ray Train's full metrics per step
     steps = re.findall(r"\[\w+\] step \d+/\d+ .*", job.stdout)  # after Ray's worker prefix
     assert any(s.startswith("[sft] step 1/") for s in steps) and any(s.startswith("[reward] step 1/") for s in steps)
     assert len(steps) == len(set(steps)), steps  # each step shown once
