@@ -14,11 +14,11 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
-# Single-digit problems: the barely tuned policy (one SFT step) still answers some right and some wrong,
-# which the labelled-sample reward model needs (two-digit sums gave it no correct answer at all). Lean:
-# no random baseline or rule-reward chain (each a Ray stage; unit and job tests cover them).
-SMALL = ["task.sft_rows=16", "task.rm_rows=8", "task.prompt_rows=8", "task.eval_rows=8", "task.operands=[1,9]",
-         "sft.train.epochs=1", "reward.samples.n=8", "reward.samples.eval_prompts=2", "reward.train.epochs=1",
+# Four SFT steps teach the answer format, so the policy answers some questions right and some wrong,
+# which the labelled-sample reward model needs (the untrained policy rambles and is almost never right).
+# Lean: no random baseline or rule-reward chain (each a Ray stage; unit and job tests cover them).
+SMALL = ["task.sft_rows=32", "task.rm_rows=8", "task.prompt_rows=8", "task.eval_rows=8",
+         "sft.train.epochs=2", "reward.samples.n=8", "reward.samples.eval_prompts=2", "reward.train.epochs=1",
          "generate.n=4", "generate.max_tokens=16", "rs.baseline=false", "rs.rule_reward=", "rs.train.epochs=1",
          "eval.bon_n=[1,2,4]", "eval.policy_samples=2", "eval.n_boot=1000"]
 
