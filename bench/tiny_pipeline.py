@@ -62,7 +62,8 @@ def main() -> None:
     results = json.loads((root / "eval" / "results.json").read_text())
     # Each stage's own wall time, as the pipeline recorded it (a resumed run keeps its first run's).
     stages = {str(m.parent.relative_to(root)): json.loads(m.read_text()).get("seconds")
-              for m in sorted(root.rglob("manifest.json")) if "compare_synthetic_rm" not in m.parts}
+              for m in sorted(root.rglob("manifest.json"))
+              if not {"compare_synthetic_rm", "mlruns"} & set(m.parts)}  # mlruns: MLflow's copies of them
     out = {
         "config": "jobs/configs/tiny.yaml", "overrides": args.overrides, **common.machine(),
         "pipeline_wall_clock_s": round(wall, 1), "resumed": resumed,
