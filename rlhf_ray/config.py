@@ -215,7 +215,18 @@ def _relations(c) -> list[tuple[str, str]]:
                                       f"max_model_len={c.max_model_len}"))
     if isinstance(c, PipelineConfig) and not c.run_dir.strip():
         out.append(("run_dir", "'' must name a folder (e.g. runs/tiny) or a storage URI"))
+    if isinstance(c, PipelineConfig) and c.task.name in TASK_CHECKERS:
+        # The other task's checker grades every answer 0: a run that says nothing, after an hour.
+        own, others = TASK_CHECKERS[c.task.name], set(TASK_CHECKERS.values()) - {TASK_CHECKERS[c.task.name]}
+        for key, value, own_data in (("eval.gold", c.eval.gold, not c.eval.prompts),
+                                     ("reward.samples.checker", c.reward.samples.checker, not c.reward.samples.prompts),
+                                     ("rs.rule_reward", c.rs.rule_reward, not c.generate.prompts)):
+            if own_data and value in others:
+                out.append((key, f"{value} does not grade task.name={c.task.name}: its checker is {own}"))
     return out
+
+
+TASK_CHECKERS = {"arithmetic": "rlhf_ray.rewards:final_number", "categories": "rlhf_ray.rewards:final_word"}
 
 
 def _check(c, where: str, prefix: str) -> None:

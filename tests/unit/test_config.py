@@ -189,3 +189,13 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
     assert job.main("pipeline", "", interrupted, [tiny, f"run_dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "pipeline: stopped (Ctrl-C)", err
+
+
+def test_a_task_graded_by_the_other_tasks_checker_is_refused():
+    tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"eval.gold=rlhf_ray.rewards:final_word does not grade task.name=arithmetic: "
+                                          r"its checker is rlhf_ray.rewards:final_number"):
+        config.load(PipelineConfig, tiny, ["task.name=arithmetic"])
+    ok = ["task.name=arithmetic", "eval.gold=rlhf_ray.rewards:final_number", "rs.rule_reward=rlhf_ray.rewards:final_number",
+          "reward.samples.checker=rlhf_ray.rewards:math_answer"]  # any checker but the other task's
+    assert config.load(PipelineConfig, tiny, ok).task.name == "arithmetic"
