@@ -111,6 +111,32 @@ def comparison_table(results: dict) -> list[tuple[str, ...]]:
     return [(k, _ci(v.get("gold")), _ci(v.get("greedy_gold"))) for k, v in results.get("comparisons", {}).items()]
 
 
+def rm_data_line(counts: dict) -> str:
+    """The labelled-sample reward model's data, in words."""
+    return (f"Trained on the SFT policy's own answers, labelled by the checker: {counts['samples']} answers to "
+            f"{counts['prompts']} problems, {counts['correct_fraction']:.0%} of them right; {counts['train_rows']} "
+            f"right-vs-wrong pairs from the {counts['prompts_with_both']} problems with both, "
+            f"{counts['eval_rows']} more held out.")
+
+
+def held_out_line(held_out: dict) -> str:
+    """The reward model's held-out figures (their names depend on the objective: accuracy, AUC, ...)."""
+    return "Held-out: " + ", ".join(f"{k.removeprefix('eval_').replace('_', ' ')} {_fmt(v)}" for k, v in held_out.items()
+                                    if isinstance(v, (int, float))) + "."
+
+
+SELECTION_NAMES = {"rs": "reward model", "rs_rule": "rule reward"}
+
+
+def selection_table(selections: dict[str, dict]) -> list[tuple[str, ...]]:
+    """Rows (picked by, candidates, kept, gold of the kept / of random picks / of all, reward of the kept / of
+    random picks / of all) from each chain's select manifest counts."""
+    return [(SELECTION_NAMES.get(chain, chain), str(c["candidates"]), str(c["kept"]),
+             *(_fmt(c.get(f"gold_mean_{w}")) for w in ("kept", "random", "all")),
+             *(_fmt(c.get(f"reward_mean_{w}")) for w in ("kept", "random", "all")))
+            for chain, c in selections.items()]
+
+
 def _row(tag: str, cells) -> str:
     return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
 
@@ -138,21 +164,21 @@ def build(run_dir: str | Path, rounds: int = 1) -> Path:
     rm, rm_data = _manifest(root / "rm" / "manifest.json"), _manifest(root / "rm_data" / "manifest.json")
     figure("Reward model", loss_curve(_jsonl(root / "rm" / "metrics.jsonl"), "Reward model loss",
                                       root / "rm_loss.png", extra="eval_accuracy"), "no reward-model metrics")
-    if rm_data:
-        sections.append(f"<p>Trained on the SFT policy's own samples, labelled by the checker: "
-                        f"{html.escape(json.dumps(rm_data.get('counts', {})))}</p>")
+    if rm_data.get("counts"):
+        sections.append(f"<p>{html.escape(rm_data_line(rm_data['counts']))}</p>")
     if rm.get("held_out"):
-        sections.append(f"<p>Held-out: {html.escape(json.dumps(rm['held_out']))}</p>")
+        sections.append(f"<p>{html.escape(held_out_line(rm['held_out']))}</p>")
     scored, kept = root / "rs" / f"round{rounds}" / "score" / "scored", root / "rs" / f"round{rounds}" / "select" / "kept.jsonl"
     png = None
     if scored.exists() and kept.exists():
         png = reward_histogram(pd.read_parquet(scored).reward.tolist(), [r["reward"] for r in _jsonl(kept)],
                                root / "rs_rewards.png")
     figure(f"Rejection sampling, round {rounds}", png, "no rejection-sampling round in this run")
-    for chain in ("rs", "rs_rule"):
-        counts = _manifest(root / chain / f"round{rounds}" / "select" / "manifest.json").get("counts")
-        if counts:
-            sections.append(f"<p>{html.escape(chain)} selection: {html.escape(json.dumps(counts))}</p>")
+    selections = {chain: counts for chain in ("rs", "rs_rule")
+                  if (counts := _manifest(root / chain / f"round{rounds}" / "select" / "manifest.json").get("counts"))}
+    if selections:
+        sections.append(_table(("picked by", "candidates", "kept", "gold: kept", "random picks", "all",
+                                "reward: kept", "random picks", "all"), selection_table(selections)))
     results = json.loads((root / "eval" / "results.json").read_text()) if (root / "eval" / "results.json").exists() else {}
     if results.get("verdict"):
         sections.insert(0, f"<h2>Verdict</h2><p><strong>{html.escape(results['verdict'])}</strong></p>")

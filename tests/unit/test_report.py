@@ -33,3 +33,18 @@ def test_report_from_a_partial_run_folder_says_what_is_missing(tmp_path):
     assert "no reward-model metrics" in page and "no rejection-sampling round" in page
     assert "<td>after rejection sampling (RM picks)</td><td>0.625</td>" in page
     assert page.index("The RS policy beat the SFT policy") < page.index("sft_loss.png")  # the verdict comes first
+
+
+def test_the_reward_model_and_the_selections_read_as_words_and_tables():
+    counts = {"prompts": 192, "samples": 1536, "correct_fraction": 0.2949, "prompts_with_both": 116, "train_rows": 388,
+              "eval_rows": 76}
+    assert report.rm_data_line(counts) == ("Trained on the SFT policy's own answers, labelled by the checker: 1536 answers "
+                                           "to 192 problems, 29% of them right; 388 right-vs-wrong pairs from the 116 "
+                                           "problems with both, 76 more held out.")
+    assert report.held_out_line({"eval_loss": 0.2316, "eval_accuracy": 0.8553, "eval_chosen_mean": 2.88}) == \
+        "Held-out: loss 0.232, accuracy 0.855, chosen mean 2.880."
+    rs = {"candidates": 1024, "kept": 128, "gold_mean_kept": 0.508, "gold_mean_random": 0.297, "gold_mean_all": 0.326,
+          "reward_mean_kept": 2.553, "reward_mean_random": 1.073, "reward_mean_all": 1.118}
+    assert report.selection_table({"rs": rs, "rs_rule": {"candidates": 1024, "kept": 77}}) == [
+        ("reward model", "1024", "128", "0.508", "0.297", "0.326", "2.553", "1.073", "1.118"),
+        ("rule reward", "1024", "77", "—", "—", "—", "—", "—", "—")]
