@@ -6,7 +6,9 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import socket  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
+from urllib.parse import parse_qs  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -43,14 +45,72 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+class CompleteLikeS3:
+    """CompleteMultipartUpload as S3 answers it. S3 sends 200 at once and whitespace until the object is
+    assembled, with any error in the XML that follows; moto answers only when done, which for a model's
+    checkpoint on a loaded 2-core machine outlasts the client's low-speed timeout (~10 s). The client then
+    retries, and concurrent completes of one upload race inside moto (one closes the parts another
+    reads; the client is told it worked and the object is missing). So: whitespace while moto works,
+    one complete per upload at a time, and a retry of a completed upload gets the answer it missed."""
+
+    def __init__(self, app):
+        self.app = app
+        self.guard = threading.Lock()
+        self.locks: dict[str, threading.Lock] = {}
+        self.completed: dict[str, dict] = {}
+
+    def __call__(self, environ, start_response):
+        upload = parse_qs(environ.get("QUERY_STRING", "")).get("uploadId")
+        if environ["REQUEST_METHOD"] != "POST" or not upload:
+            return self.app(environ, start_response)
+        with self.guard:
+            lock = self.locks.setdefault(upload[0], threading.Lock())
+        out = {}
+
+        def complete():
+            with lock:
+                if upload[0] in self.completed:
+                    out.update(self.completed[upload[0]])
+                    return
+                try:
+                    body = b"".join(self.app(environ, lambda status, headers, exc_info=None: out.update(
+                        status=status, headers=headers)))
+                except Exception as e:  # an error the SDK can read (and retry), not a cut connection
+                    out.update(status="500 Internal Server Error", headers=[("Content-Type", "application/xml")])
+                    body = f"<Error><Code>InternalError</Code><Message>{e!r}</Message></Error>".encode()
+                out["body"] = body
+                if out["status"].startswith("200") and b"<Error>" not in body:
+                    self.completed[upload[0]] = dict(out)
+
+        worker = threading.Thread(target=complete, daemon=True)
+        worker.start()
+        worker.join(1)
+        if not worker.is_alive():  # quick: moto's own status and headers
+            start_response(out["status"], out["headers"])
+            return [out["body"]]
+        start_response("200 OK", [("Content-Type", "application/xml")])
+
+        def body():
+            while worker.is_alive():
+                yield b" " * 64  # the client's limit is 1 byte/s
+                worker.join(0.5)
+            yield out["body"]
+
+        return body()
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
-    server.start()
+    server = make_server("127.0.0.1", S3_PORT, CompleteLikeS3(DomainDispatcherApplication(create_backend_app)),
+                         threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     yield os.environ["AWS_ENDPOINT_URL"]
-    server.stop()
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture

@@ -264,6 +264,9 @@ def export_checkpoint(result, out_dir: Path) -> Path:
         raise RuntimeError(f"training finished without a checkpoint (see {out_dir / 'ray_train'})")
     target = out_dir / "model"
     with result.checkpoint.as_directory() as ckpt:
+        if not any(Path(ckpt).glob("*.safetensors")):  # else the next stage fails on it, far from the cause
+            raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no *.safetensors: its upload to "
+                               f"{result.checkpoint.filesystem.type_name} storage did not complete")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(ckpt, target, ignore=shutil.ignore_patterns(STATE_FILE))
     return target
