@@ -5,6 +5,7 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import html  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -50,8 +51,8 @@ class CompleteLikeS3:
     assembled, with any error in the XML that follows; moto answers only when done, which for a model's
     checkpoint on a loaded 2-core machine outlasts the client's low-speed timeout (~10 s). The client then
     retries, and concurrent completes of one upload race inside moto (one closes the parts another
-    reads; the client is told it worked and the object is missing). So: whitespace while moto works,
-    one complete per upload at a time, and a retry of a completed upload gets the answer it missed."""
+    reads, and the object never lands). So: whitespace while moto works, one complete per upload at a
+    time, and a retry of a completed upload gets the answer it missed."""
 
     def __init__(self, app):
         self.app = app
@@ -77,7 +78,7 @@ class CompleteLikeS3:
                         status=status, headers=headers)))
                 except Exception as e:  # an error the SDK can read (and retry), not a cut connection
                     out.update(status="500 Internal Server Error", headers=[("Content-Type", "application/xml")])
-                    body = f"<Error><Code>InternalError</Code><Message>{e!r}</Message></Error>".encode()
+                    body = f"<Error><Code>InternalError</Code><Message>{html.escape(repr(e))}</Message></Error>".encode()
                 out["body"] = body
                 if out["status"].startswith("200") and b"<Error>" not in body:
                     self.completed[upload[0]] = dict(out)

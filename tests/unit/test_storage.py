@@ -149,3 +149,42 @@ def test_serve_picks_the_latest_policy_of_a_local_or_stored_run(tmp_path, s3_buc
     assert resolve_models(stored) == (f"{run}/sft/model", f"{run}/rm/model")
     storage.write_text(f"{run}/rs/round1/top/sft/model/config.json", "{}")
     assert resolve_models(stored)[0] == f"{run}/rs/round1/top/sft/model"
+
+
+def test_the_test_endpoint_assembles_a_slow_upload_once_for_concurrent_retries(s3_bucket, s3_server, monkeypatch):
+    """The endpoint the cluster test relies on (tests/conftest.py): a client retrying a slow complete
+    gets the one object, not a race inside moto."""
+    import threading
+    import time
+
+    import boto3
+    from moto.s3 import models
+
+    assembled = []
+    complete = models.S3Backend.complete_multipart_upload
+
+    def slow(self, *args, **kwargs):
+        assembled.append(1)
+        time.sleep(2)  # past the endpoint's 1 s: the answer is whitespace, then the XML
+        return complete(self, *args, **kwargs)
+
+    monkeypatch.setattr(models.S3Backend, "complete_multipart_upload", slow)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    bucket = s3_bucket.removeprefix("s3://")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    parts = [{"PartNumber": n, "ETag": s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=n,
+                                                      Body=bytes([n]) * (5 << 20))["ETag"]} for n in (1, 2)]
+    etags = []
+
+    def finish():
+        etags.append(s3.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload,
+                                                  MultipartUpload={"Parts": parts})["ETag"])
+
+    threads = [threading.Thread(target=finish) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(assembled) == 1 and len(etags) == 3 and len(set(etags)) == 1
+    body = s3.get_object(Bucket=bucket, Key="k")["Body"].read()
+    assert body == b"\1" * (5 << 20) + b"\2" * (5 << 20)
