@@ -188,3 +188,24 @@ def test_the_test_endpoint_assembles_a_slow_upload_once_for_concurrent_retries(s
     assert len(assembled) == 1 and len(etags) == 3 and len(set(etags)) == 1
     body = s3.get_object(Bucket=bucket, Key="k")["Body"].read()
     assert body == b"\1" * (5 << 20) + b"\2" * (5 << 20)
+
+
+def test_export_refuses_a_final_checkpoint_without_weights(s3_bucket, tmp_path):
+    from types import SimpleNamespace
+
+    from ray.train import Checkpoint
+
+    from rlhf_ray.train.runner import STATE_FILE, export_checkpoint
+
+    fs, base = pafs.FileSystem.from_uri(f"{s3_bucket}/ckpt")
+    fs.create_dir(base)
+    for name in ("config.json", STATE_FILE):
+        with fs.open_output_stream(f"{base}/{name}") as f:
+            f.write(b"{}")
+    result = SimpleNamespace(checkpoint=Checkpoint(base, filesystem=fs))
+    with pytest.raises(RuntimeError, match=r"holds no \*\.safetensors: its upload to s3 storage did not complete"):
+        export_checkpoint(result, tmp_path)
+    assert not (tmp_path / "model").exists()
+    with fs.open_output_stream(f"{base}/model.safetensors") as f:
+        f.write(b"w")
+    assert sorted(p.name for p in export_checkpoint(result, tmp_path).iterdir()) == ["config.json", "model.safetensors"]
