@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -77,16 +78,23 @@ def two_nodes(tmp_path, s3_server):
     worker_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "worker_cache"))}
     head = start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                   "--num-cpus=1", f"--ray-client-server-port={free_port()}"], head_env, tmp_path / "head.log")
-    procs = [head]
+    procs, worker_tmp = [head], None
     try:
         address = f"http://127.0.0.1:{dash}"
         wait_for(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), head, tmp_path / "head.log")
-        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3"], worker_env, tmp_path / "worker.log"))
+        # Its own temp dir, as a second machine has: sharing the head's, the worker's runtime-env agent
+        # unpacks a job's working_dir again over the one the driver runs in, and the driver's cwd is gone.
+        # (Short, in /tmp: Ray's socket paths under it must stay within 107 characters.)
+        worker_tmp = tempfile.mkdtemp(prefix="rw")
+        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3", f"--temp-dir={worker_tmp}"], worker_env,
+                           tmp_path / "worker.log"))
         wait_for(lambda: _alive_nodes(address, env) == 2 or _raise(), procs[1], tmp_path / "worker.log")
         yield address, env
     finally:
         for p in reversed(procs):
             stop(p)
+        if worker_tmp:
+            shutil.rmtree(worker_tmp, ignore_errors=True)
 
 
 def _raise():
