@@ -47,6 +47,7 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), bas
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     cfg = absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
     if isinstance(cfg, PipelineConfig):
+        cfg = task_checkers(cfg, source)
         _check_paths(cfg, source)
     return cfg
 
@@ -229,6 +230,27 @@ def _relations(c) -> list[tuple[str, str]]:
 TASK_CHECKERS = {"arithmetic": "rlhf_ray.rewards:final_number", "categories": "rlhf_ray.rewards:final_word"}
 
 
+def task_checkers(cfg: "PipelineConfig", where: str) -> "PipelineConfig":
+    """``task`` as a checker (eval.gold, reward.samples.checker, rs.rule_reward) names the generated
+    task's own, so that ``task.name`` alone switches a run between tasks."""
+    own = TASK_CHECKERS.get(cfg.task.name)
+
+    def pick(key: str, value: str) -> str:
+        if value != "task":
+            return value
+        if own is None:
+            raise ConfigError(f"{where}: {key}=task: task.name={cfg.task.name} generates no task to take the checker "
+                              f"from; name one (module:callable)")
+        return own
+
+    r = cfg.reward
+    return dataclasses.replace(
+        cfg, eval=dataclasses.replace(cfg.eval, gold=pick("eval.gold", cfg.eval.gold)),
+        reward=dataclasses.replace(r, samples=dataclasses.replace(
+            r.samples, checker=pick("reward.samples.checker", r.samples.checker))),
+        rs=dataclasses.replace(cfg.rs, rule_reward=pick("rs.rule_reward", cfg.rs.rule_reward)))
+
+
 def _check(c, where: str, prefix: str) -> None:
     for f in dataclasses.fields(c):
         rule = _RULES.get(f"{type(c).__name__}.{f.name}") or _RULES.get(f.name)
@@ -385,7 +407,7 @@ class RMSamplesConfig:
     n: int = 8                            # samples per prompt
     temperature: float = 1.0
     max_tokens: int = 0                   # 0: generate.max_tokens
-    checker: str = "rlhf_ray.rewards:final_number"  # module:callable (prompt, completion, row) -> 1.0 / 0.0
+    checker: str = "rlhf_ray.rewards:final_number"  # module:callable (prompt, completion, row) -> 1.0 / 0.0; task: the task's
     pairs_per_prompt: int = 4             # bt / margin: correct-vs-incorrect pairs per prompt (orm: every sample)
     eval_prompts: int = 32                # the last N prompts' samples are held out for the RM's eval
     seed: int = 0
@@ -506,7 +528,7 @@ class RSConfig:
     top_k: int = 0                        # top_k_overall: cells kept (0: as many as there are prompts)
     baseline: bool = True                 # also fine-tune on the matched random selection
     # module:callable: also run RS with this rule reward on the same candidates, as the upper reference
-    # (RS with verifiable rewards: STaR / RFT); empty: none
+    # (RS with verifiable rewards: STaR / RFT); task: the task's checker; empty: none
     rule_reward: str = ""
     rule_min: float = 1.0                 # rule-reward RS keeps only candidates scoring at least this
     dedup: bool = True                    # top_k_overall: identical completions of one prompt count once
@@ -523,7 +545,7 @@ class EvalConfig:
     limit: int = 0
     bon_n: tuple[int, ...] = (1, 2, 4, 8) # best-of-N curve of the SFT policy (N_max samples per prompt)
     policy_samples: int = 4               # samples per prompt for the RS and baseline policies
-    gold: str = "rlhf_ray.rewards:final_number"  # module:callable, the gold reward (prompts with an answer)
+    gold: str = "rlhf_ray.rewards:final_number"  # module:callable, the gold reward (prompts with an answer); task: the task's
     greedy: bool = True                   # also one greedy (temperature 0) answer per prompt and policy
     n_boot: int = 10_000                  # bootstrap resamples of the confidence intervals
 

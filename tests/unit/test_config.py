@@ -191,11 +191,15 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
     assert err.strip() == "pipeline: stopped (Ctrl-C)", err
 
 
-def test_a_task_graded_by_the_other_tasks_checker_is_refused():
+def test_task_checkers_follow_the_task_and_the_other_tasks_checker_is_refused():
     tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
+    for name, checker in (("categories", "rlhf_ray.rewards:final_word"), ("arithmetic", "rlhf_ray.rewards:final_number")):
+        cfg = config.load(PipelineConfig, tiny, [f"task.name={name}"])
+        assert cfg.eval.gold == cfg.reward.samples.checker == cfg.rs.rule_reward == checker
     with pytest.raises(ConfigError, match=r"eval.gold=rlhf_ray.rewards:final_word does not grade task.name=arithmetic: "
                                           r"its checker is rlhf_ray.rewards:final_number"):
-        config.load(PipelineConfig, tiny, ["task.name=arithmetic"])
-    ok = ["task.name=arithmetic", "eval.gold=rlhf_ray.rewards:final_number", "rs.rule_reward=rlhf_ray.rewards:final_number",
-          "reward.samples.checker=rlhf_ray.rewards:math_answer"]  # any checker but the other task's
-    assert config.load(PipelineConfig, tiny, ok).task.name == "arithmetic"
+        config.load(PipelineConfig, tiny, ["task.name=arithmetic", "eval.gold=rlhf_ray.rewards:final_word"])
+    with pytest.raises(ConfigError, match=r"tiny.yaml: eval.gold=task: task.name=none generates no task"):
+        config.load(PipelineConfig, tiny, ["task.name=none"])
+    ok = ["task.name=arithmetic", "reward.samples.checker=rlhf_ray.rewards:math_answer"]  # any checker but the other task's
+    assert config.load(PipelineConfig, tiny, ok).reward.samples.checker == "rlhf_ray.rewards:math_answer"
