@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 
 def connect() -> None:
@@ -16,7 +17,10 @@ def connect() -> None:
     # Ray Train reports block on the controller's poll; the default 2 s dominates short steps.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "local"))
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            start_local()
     # Rows keep file order through every stage: held-out splits ("the last N rows") and resumed
     # epochs then see the same rows on every run.
     ctx = ray.data.DataContext.get_current()
@@ -30,3 +34,21 @@ def connect() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setLevel(logging.WARNING)
+
+
+def start_local() -> None:
+    """Start a local cluster whose own processes can find it.
+
+    Ray's processes that query cluster state (Ray Train's placement-group cleaner) look the cluster up
+    by RAY_API_SERVER_ADDRESS, else by the machine's last `ray start`: a stale address printed a
+    traceback per training stage, and a live other cluster answered "no such controller", upon which the
+    cleaner removed this run's placement group and killed its training. The cluster's processes inherit
+    this process's environment, so the dashboard's address is set before it starts.
+    """
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port)

@@ -183,3 +183,40 @@ def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scor
                          eos_token_id=chat.end_of_turn_ids(tok), pad_token_id=tok.pad_token_id)
     text = tok.decode(gen[0, len(prompt):], skip_special_tokens=False)
     assert text.endswith("<|im_end|>") and any(ch.isalpha() for ch in text.removesuffix("<|im_end|>")), text
+
+
+TRAIN_BESIDE = """
+import time
+import ray.train
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from rlhf_ray import cluster
+
+def loop():
+    for step in range(5):
+        time.sleep(2)
+        ray.train.report({"step": step})
+
+cluster.connect()
+DataParallelTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=1)).fit()
+print("trained")
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_job_that_starts_its_own_cluster_trains_beside_another_cluster_on_the_machine(tmp_path):
+    # `ray start` records its cluster as the machine's latest. Ray Train's placement-group cleaner looked
+    # the job's controller up there, found none, and removed the job's placement group mid-training.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    dash = free_port()
+    other = start(["--head", f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                   "--num-cpus=1", f"--ray-client-server-port={free_port()}"], env, tmp_path / "other.log")
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2), other,
+                 tmp_path / "other.log")
+        job_env = {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        out = subprocess.run([sys.executable, "-c", TRAIN_BESIDE], cwd=REPO, env=job_env, capture_output=True,
+                             text=True, timeout=240)
+        assert out.returncode == 0 and "trained" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+        assert "placement group was removed" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-4000:]
+    finally:
+        stop(other)
