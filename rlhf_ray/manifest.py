@@ -11,6 +11,8 @@ from pathlib import Path
 from rlhf_ray import config
 
 MANIFEST = "manifest.json"
+ATTEMPT = "attempt.json"   # the config and inputs of the stage's latest start
+RESUMABLE = "ray_train"    # what a training stage resumes from (rlhf_ray.train.runner.fit)
 
 
 def fingerprint(paths) -> dict[str, str]:
@@ -89,12 +91,21 @@ class Stage:
 
     def begin(self) -> Path:
         """The stage's folder, made, without a previous attempt's quarantine files (``quarantine.jsonl``
-        for training or input rows, ``quarantine_eval.jsonl`` for eval rows); returns the first's path."""
+        for training or input rows, ``quarantine_eval.jsonl`` for eval rows); returns the first's path.
+
+        Training resumes from its checkpoints only after an attempt with this config and these inputs:
+        Ray Train restores whatever run its folder holds, and a finished run of another config (its final
+        checkpoint already past this plan's last step) was exported as this one's model untrained."""
         from rlhf_ray import storage
 
         self.out.mkdir(parents=True, exist_ok=True)
         for name in ("quarantine.jsonl", "quarantine_eval.jsonl"):
             storage.remove(self.out / name)
+        attempt = json.dumps({"config_hash": self.config_hash, "inputs": self.inputs}, sort_keys=True)
+        record = storage.uri(self.out / ATTEMPT) or str(self.out / ATTEMPT)
+        if storage.read_text(record) != attempt:
+            storage.remove(self.out / RESUMABLE)
+            storage.write_text(record, attempt)
         return self.out / "quarantine.jsonl"
 
     def finish(self, counts: dict, **extra) -> dict:

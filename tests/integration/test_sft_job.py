@@ -54,6 +54,12 @@ def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_clus
     before = (tmp_path / "sft" / "manifest.json").stat().st_mtime
     sft.run(cfg)
     assert (tmp_path / "sft" / "manifest.json").stat().st_mtime == before
+    # Another config trains afresh: not resumed from the 2-epoch run's final checkpoint (past this plan's end).
+    trained = model.state_dict()
+    sft.run(tiny_cfg(tmp_path, tiny_policy_dir, "sft.data.eval_rows=8", "sft.train.epochs=1"))
+    assert [json.loads(line)["step"] for line in open(tmp_path / "sft" / "metrics.jsonl")] == list(range(1, 6))
+    again = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    assert any(not torch.equal(again[k], trained[k]) for k in trained), "the other config's weights were exported"
 
 
 def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_cluster, tiny_policy_dir, tmp_path):

@@ -209,3 +209,23 @@ def test_export_refuses_a_final_checkpoint_without_weights(s3_bucket, tmp_path):
     with fs.open_output_stream(f"{base}/model.safetensors") as f:
         f.write(b"w")
     assert sorted(p.name for p in export_checkpoint(result, tmp_path).iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_training_stage_keeps_its_checkpoints_in_storage_only_for_the_same_config(s3_bucket, cache):
+    run = f"{s3_bucket}/run"
+    root = storage.mirror(run)
+    ckpt = f"{run}/sft/ray_train/sft/checkpoint_1/state.pt"
+    storage.write_text(ckpt, "step 8")  # an interrupted attempt whose start predates the record
+    st = manifest.Stage("sft", root / "sft", {"sft": {"epochs": 1}}, {"data.jsonl": "ab"})
+    st.begin()
+    assert not storage.exists(ckpt), "checkpoints of an unrecorded attempt are not resumed"
+    storage.write_text(ckpt, "step 8")
+    shutil.rmtree(root)  # the same stage started again, on another node
+    root = storage.mirror(run)
+    manifest.Stage("sft", root / "sft", {"sft": {"epochs": 1}}, {"data.jsonl": "ab"}).begin()
+    assert storage.read_text(ckpt) == "step 8", "the same config and inputs resume"
+    manifest.Stage("sft", root / "sft", {"sft": {"epochs": 2}}, {"data.jsonl": "ab"}).begin()
+    assert not storage.exists(ckpt), "another config's checkpoints are not this one's"
+    storage.write_text(ckpt, "step 8")
+    manifest.Stage("sft", root / "sft", {"sft": {"epochs": 2}}, {"data.jsonl": "cd"}).begin()
+    assert not storage.exists(ckpt), "nor are other inputs'"
