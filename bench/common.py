@@ -28,7 +28,18 @@ def timed():
 
 
 def machine() -> dict:
-    return {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {"machine": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name and whether it has AMX, which vLLM's bf16 kernels use: timings depend on both."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                "unknown")
+    return f"{name}, {'with' if ' amx_tile' in text else 'without'} AMX"
 
 
 def write(out: str | Path, result: dict, names: dict[str, str] | None = None) -> Path:
