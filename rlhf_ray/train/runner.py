@@ -21,7 +21,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-from rlhf_ray import progress, storage
+from rlhf_ray import manifest, progress, storage
 from rlhf_ray.config import PipelineConfig, build
 from rlhf_ray.train import loop
 
@@ -231,6 +231,7 @@ def fit(rec: type[Recipe], cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path
     name, stage = rec.name, rec.stage(cfg)
     s = stage.scaling
     p = plan(train_ds.count(), stage, name)
+    checkpoints = out_dir / manifest.RESUMABLE
     datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
     trainer = TorchTrainer(
         train_worker,
@@ -240,7 +241,7 @@ def fit(rec: type[Recipe], cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage.uri(out_dir / "ray_train") or str((out_dir / "ray_train").resolve()),
+            name=name, storage_path=storage.uri(checkpoints) or str(checkpoints.resolve()),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
@@ -261,7 +262,7 @@ def export_checkpoint(result, out_dir: Path) -> Path:
     import shutil
 
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint (see {out_dir / 'ray_train'})")
+        raise RuntimeError(f"training finished without a checkpoint (see {out_dir / manifest.RESUMABLE})")
     target = out_dir / "model"
     with result.checkpoint.as_directory() as ckpt:
         if not any(Path(ckpt).glob("*.safetensors")):  # else the next stage fails on it, far from the cause
