@@ -39,7 +39,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
         return platform.processor() or "unknown"
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
                 "unknown")
-    return f"{name}, {'with' if ' amx_tile' in text else 'without'} AMX"
+    return f"{name}, {'with' if 'amx_bf16' in text else 'without'} AMX"
 
 
 def write(out: str | Path, result: dict, names: dict[str, str] | None = None) -> Path:
