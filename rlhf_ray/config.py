@@ -176,10 +176,14 @@ _RULES: dict[str, tuple] = {
                                  "max_failures", "limit", "eval_rows", "rm_rows", "threads", "pairs_limit", "bon_limit",
                                  "orm_limit", "eval_prompts", "rounds", "top_k", "max_queued_requests", "min_replicas",
                                  "sft_rows", "prompt_rows", "engine_restarts")},
-    **{k: _at_least(0.0) for k in ("cpus_per_actor", "gpus_per_actor", "num_cpus", "num_gpus")},
+    **{k: _at_least(0.0) for k in ("cpus_per_actor", "num_cpus")},
     "EvalRMConfig.actors": _at_least(1),
     "RMSamplesConfig.max_tokens": (lambda v: v >= 0, "an integer >= 0 (0: generate.max_tokens)"),
     "ServeConfig.port": (lambda v: 0 < v < 65536, "a port number (1-65535)"),
+    "gpu_memory_utilization": (lambda v: 0 <= v <= 1, "a number in [0, 1] (0: derived from the GPUs reserved)"),
+    # Ray places a fraction of one GPU, or whole GPUs: never 1.5
+    **{k: (lambda v: v >= 0 and (v <= 1 or float(v).is_integer()), "a number >= 0, a fraction only up to 1")
+       for k in ("num_gpus", "gpus_per_actor")},
 }
 
 
@@ -196,6 +200,19 @@ def _relations(c) -> list[tuple[str, str]]:
     if isinstance(c, (GenerateConfig, ScoreConfig)):
         if len(c.actors) != 2 or not 1 <= c.actors[0] <= c.actors[1]:
             out.append(("actors", f"{list(c.actors)} must be [min, max] with 1 <= min <= max"))
+    if isinstance(c, ModelConfig) and c.dtype != "float32":
+        out.append(("dtype", f"{c.dtype}: trained weights stay float32 (AdamW's updates of lr x weight vanish in "
+                              f"{c.dtype}); bfloat16 compute is train.bf16 (autocast on GPU): set dtype=float32"))
+    if isinstance(c, (GenerateConfig, ScoreConfig)) and c.gpus_per_actor > 1:
+        what = "per tensor-parallel rank (tensor_parallel sets the GPUs)" if isinstance(c, GenerateConfig) else \
+            "(one reward model per actor)"
+        out.append(("gpus_per_actor", f"{c.gpus_per_actor:g}: at most 1 {what}"))
+    if isinstance(c, GenerateConfig) and c.tensor_parallel > 1 and c.gpus_per_actor != 1:
+        out.append(("tensor_parallel", f"{c.tensor_parallel} needs whole GPUs per rank: gpus_per_actor=1 "
+                                       f"(got {c.gpus_per_actor:g})"))
+    if isinstance(c, ServeConfig) and c.tensor_parallel > 1 and c.generator.num_gpus != c.tensor_parallel:
+        out.append(("tensor_parallel", f"{c.tensor_parallel} needs generator.num_gpus={c.tensor_parallel} (whole GPUs, "
+                                       f"one per rank; got {c.generator.num_gpus:g})"))
     if isinstance(c, GenerateConfig) and c.max_tokens >= c.max_model_len:
         out.append(("max_tokens", f"{c.max_tokens} leaves no room for a prompt in max_model_len={c.max_model_len}"))
     if isinstance(c, EvalConfig) and (not c.bon_n or min(c.bon_n) < 1):
@@ -328,7 +345,10 @@ class ModelConfig:
     name: str = field(default="default", metadata=_path("model"))  # default (embedded SmolLM2), a local HF folder or a hub id
     template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path / a template trl ships (qwen3_training)
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights in memory; bf16 autocast is TrainConfig.bf16
+    # The trained weights' dtype. Training keeps float32 master weights (AdamW's small updates vanish in
+    # bfloat16: 3 steps at lr 1e-6 moved 1.9% of a tiny model's weights), so only float32 is accepted;
+    # bfloat16 compute is train.bf16 (autocast on GPU)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass(frozen=True)
@@ -443,6 +463,8 @@ class EvalRMConfig:
     batch_size: int = 16
     actors: int = 1
     threads: int = 0
+    gpus_per_actor: float = 0.0           # each scoring actor's share of a GPU (its reward model runs there)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass(frozen=True)
@@ -474,8 +496,11 @@ class GenerateConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the checkpoint's, or float32 on a CPU without AMX
     actors: tuple[int, ...] = (1, 1)      # actor pool min, max (autoscaling between them)
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0           # per tensor-parallel rank
+    gpus_per_actor: float = 0.0           # per tensor-parallel rank: a fraction shares a GPU, 1 with tensor_parallel > 1
     tensor_parallel: int = 1
+    # vLLM's share of the GPU's memory; 0: 0.9 of what the actor reserves (gpus_per_actor x 0.9 for a
+    # fraction), so that two engines on one GPU both start
+    gpu_memory_utilization: float = 0.0
     rows_per_call: int = 16               # prompts per actor call (and per block)
     calls_per_actor: int = 4              # concurrent calls whose prompts share the engine's running batch
     engine_restarts: int = 3              # a failed engine's actor is replaced this often per stage, then the job fails
@@ -506,7 +531,8 @@ class ScoreConfig:
     batch_size: int = 16
     actors: tuple[int, ...] = (1, 1)
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float = 0.0           # at most 1; the reward model runs on the GPU it reserves
+    gpu_memory_utilization: float = 0.0   # scorer=vllm and a local judge: as generate.gpu_memory_utilization
     engine_restarts: int = 3              # scorer=vllm: a failed engine's actor is replaced this often, then the job fails
     # Per actor call; length sorting works within one: padding 3.4% at 256, 10.9% at 64
     # (bench/results/score_throughput*.json, shuffled candidates).
@@ -579,6 +605,8 @@ class ServeConfig:
     max_request_bytes: int = 1_000_000    # a larger body is refused (413) before it is parsed
     max_messages: int = 256               # a longer conversation is refused (400) before it is rendered
     max_model_len: int = 2048
+    tensor_parallel: int = 1              # the generator's engine over this many GPUs (generator.num_gpus = it)
+    gpu_memory_utilization: float = 0.0   # the generator's vLLM; 0: 0.9 x generator.num_gpus for a fraction
     max_ongoing_requests: int = 8         # per ingress replica; beyond it requests queue ...
     max_queued_requests: int = 16         # ... and beyond this they get 503 (OpenAI error JSON)
     read_timeout_s: float = 10.0          # a body not received within this gets 408: slow clients hold no slot

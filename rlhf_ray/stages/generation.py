@@ -28,6 +28,7 @@ def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: l
     st = manifest.stage("generate", out, {"generate": g, "template": template}, [*prompts, models.expand_name(model_dir)])
     if st.up_to_date():
         return out / "candidates"
+    vllm_generate.check_gpus("generate.gpus_per_actor", g.gpus_per_actor)
     quarantine = st.begin()
 
     cluster.connect()

@@ -50,7 +50,7 @@ def score(items: list[dict], model_dir: str, e: EvalRMConfig) -> dict[str, float
     from rlhf_ray.score import score_dataset
 
     s = ScoreConfig(template=e.template, max_len=e.max_len, batch_size=e.batch_size, actors=(1, e.actors),
-                    threads=e.threads)
+                    threads=e.threads, gpus_per_actor=e.gpus_per_actor, dtype=e.dtype)
     ds = score_dataset(ray.data.from_items(items), model_dir, s)
     return {r["key"]: float(r["reward"]) for r in ds.select_columns(["key", "reward"]).iter_rows()}
 

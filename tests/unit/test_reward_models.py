@@ -51,14 +51,14 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_di
     tok = models.load_tokenizer(str(tiny_dir))
     model = rm.load_model(str(tiny_dir), "bt", tok).eval()
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
-    alone = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    alone = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     pad = [tok.pad_token_id] * 5
     right = torch.tensor([ids + pad]), torch.tensor([[1] * len(ids) + [0] * 5])
     left = torch.tensor([pad + ids]), torch.tensor([[0] * 5 + [1] * len(ids)])
     for input_ids, mask in (right, left):
-        assert torch.allclose(models.sequence_rewards(model, input_ids, mask), alone, atol=1e-5)
+        assert torch.allclose(model(input_ids, mask), alone, atol=1e-5)
     # transformers' own head agrees on unpadded input (what vLLM's pooling runner sees too)
-    assert torch.allclose(model(input_ids=torch.tensor([ids])).logits[:, 0], alone, atol=1e-5)
+    assert torch.allclose(model.backbone(input_ids=torch.tensor([ids])).logits[:, 0], alone, atol=1e-5)
 
 
 def test_encoder_backbone_without_chat_template_scores_cls():
@@ -68,7 +68,7 @@ def test_encoder_backbone_without_chat_template_scores_cls():
     ids, in_completion, _, _ = rm.encode(P, A("Fine."), tok, None, 512)
     assert tok.convert_ids_to_tokens(ids)[0] == "[CLS]" and tok.decode(
         [i for i, c in zip(ids, in_completion) if c]) == "fine."
-    r = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    r = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     assert r.shape == (1,)
 
 
@@ -92,14 +92,14 @@ def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     model = rm.load_model(str(default_rm_dir()), "bt", tok).eval()
     assert model.config.rlhf_ray_pooling == "mean"
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
-    alone = models.sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-    padded = models.sequence_rewards(model, torch.tensor([ids + [0] * 4]), torch.tensor([[1] * len(ids) + [0] * 4]))
+    alone = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    padded = model(torch.tensor([ids + [0] * 4]), torch.tensor([[1] * len(ids) + [0] * 4]))
     assert torch.allclose(alone, padded, atol=1e-5)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     again = rm.load_model(str(tmp_path), "bt", tok).eval()
     assert again.config.rlhf_ray_pooling == "mean"
-    assert torch.allclose(models.sequence_rewards(again, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
+    assert torch.allclose(again(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
                           alone, atol=1e-5)
 
 
@@ -137,7 +137,7 @@ def test_a_trained_prm_checkpoint_is_scored_by_its_steps_probability_of_being_co
     low, mean = (RewardScorer(str(tmp_path), prm_reduce=r).score([P], [answer])[0] for r in ("min", "mean"))
     ids, targets = rm.step_labels(P, steps, [1, 1], tok, None, 512)
     with torch.no_grad():
-        p = model(input_ids=torch.tensor([ids])).logits[0].softmax(-1)[:, losses.PRM_CLASSES[1]]
+        p = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0].softmax(-1)[:, losses.PRM_CLASSES[1]]
     at = [i for i, t in enumerate(targets) if t != -100]
     assert len(at) == 2 and low == pytest.approx(float(p[at].min()), abs=1e-5)
     assert mean == pytest.approx(float(p[at].mean()), abs=1e-5) and 0 <= low <= mean <= 1
