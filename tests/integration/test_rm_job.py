@@ -103,3 +103,43 @@ def test_a_process_rm_on_the_tiny_model_is_scored_and_evaluated(ray_cluster, sha
         f"run_dir={tmp_path}", f"eval_rm.model_dir={model_dir}", f"eval_rm.orm=[{solutions}]", "eval_rm.orm_limit=16",
         "eval_rm.max_len=384"]))
     assert 0.0 <= report["orm_auc"] <= 1.0
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_workers_train_one_model_whose_held_out_figures_the_manifest_reports(ray_cluster, tiny_policy_dir,
+                                                                                 tmp_path, strategy):
+    """jobs/train_rm.py with 2 Ray Train workers: the saved model, evaluated in one process on the eval
+    file, gives the held-out figures the job gathered over both ranks (before the fix, each rank trained
+    its own model and the figures mixed them)."""
+    from rlhf_ray import job, models
+    from rlhf_ray import objectives as rm
+    from rlhf_ray.train.reward import evaluate
+
+    words = ["apple", "river", "stone", "cloud", "green", "quiet", "seven", "paper"]
+    rows = [{"prompt": [{"role": "user", "content": f"Say a word about {w}."}],
+             "chosen": [{"role": "assistant", "content": f"{w.capitalize()} is lovely, thank you."}],
+             "rejected": [{"role": "assistant", "content": "No."}]} for w in words * 5]
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:32]))
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[32:]))
+    run_dir = tmp_path / "run"
+    argv = [None, f"run_dir={run_dir}", f"reward.model.name={tiny_policy_dir}", f"reward.data.train=[{train}]",
+            f"reward.data.eval=[{held}]", "reward.scaling.num_workers=2", f"reward.scaling.strategy={strategy}",
+            "reward.train.global_batch_size=8", "reward.train.micro_batch_size=2", "reward.train.lr=1e-3",
+            "reward.train.max_seq_len=64", "tracking.backend=none"]
+    assert job.main("train_rm", "", reward_model.run, argv) == 0
+    m = manifest.read(run_dir / "rm")
+    assert m["counts"]["steps"] == 4 and m["counts"]["eval_rows"] == 8
+    progress = [json.loads((run_dir / "rm" / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["step"] for p in progress] == [4, 4] and progress[0]["pid"] != progress[1]["pid"]
+
+    model_dir = run_dir / "rm" / "model"
+    tok = models.load_tokenizer(str(model_dir))
+    model = rm.load_model(str(model_dir), "bt", tok)
+    initial = rm.load_model(str(tiny_policy_dir), "bt", tok)
+    assert not torch.equal(model.backbone.score.weight, initial.backbone.score.weight)  # it trained
+    encoded = [rm.encode_row(r, "bt", tok, None, 64) for r in rows[32:]]
+    batch = {**rm.collate(encoded, "bt", tok.pad_token_id), "objective": "bt"}
+    alone = evaluate(model, [{"batch": batch}], "bt", "cpu")
+    for key in ("eval_loss", "eval_accuracy", "eval_margin", "eval_chosen_mean", "eval_rejected_mean"):
+        assert m["held_out"][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key
