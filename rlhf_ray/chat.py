@@ -9,7 +9,13 @@ searches the rendered string.
 Reasoning (``reasoning_content`` on an assistant message) is the template's to render: kept where it
 writes it (Qwen3: the turns after the last user message, i.e. the final turn), dropped where it drops it
 (earlier turns), exactly as at inference. A template that never writes it is refused, not silently
-trained without it.
+trained without it. A think block the template writes into a turn without reasoning (Qwen3's empty
+``<think>\n\n</think>\n\n``) is trained as part of the turn, by choice: the generation prompt ends
+before it, so at inference the model writes it itself, and TRL's ``qwen3_training`` trains it the same way.
+
+Every rendered row is checked: each trained span must be an assistant turn's content plus its end
+token, one span per trained turn; otherwise ``render`` raises ``TemplateError`` (the row is refused, or
+quarantined and counted), never returns a wrong mask.
 """
 from __future__ import annotations
 
@@ -202,12 +208,23 @@ def render(messages: Sequence[dict], tokenizer, mask: MaskStrategy = "all_assist
     source = resolve_template(tokenizer, template)
     _check_reasoning(messages, source)
     if GENERATION_MARK.search(source):
-        return _render_marked(messages, tokenizer, mask, template, source, **template_kwargs)
-    enc = _encode(messages, tokenizer, template, False, **template_kwargs)
-    labels = [IGNORE_INDEX] * len(enc.ids)
-    for start, end in _assistant_spans(messages, tokenizer, mask, template, enc, **template_kwargs):
-        labels[start:end] = enc.ids[start:end]
-    return Rendered(enc.ids, labels)
+        rendered = _render_marked(messages, tokenizer, mask, template, source, **template_kwargs)
+    else:
+        enc = _encode(messages, tokenizer, template, False, **template_kwargs)
+        labels = [IGNORE_INDEX] * len(enc.ids)
+        for start, end in _assistant_spans(messages, tokenizer, mask, template, enc, **template_kwargs):
+            labels[start:end] = enc.ids[start:end]
+        rendered = Rendered(enc.ids, labels)
+    # Every row, not only the preflight's first ones: a template that rewrites earlier turns once later
+    # ones exist (Qwen3 adds a think block only to the final turn) leaves those turns no span, and a
+    # multi-turn row deep in a file would otherwise train its final turn alone without a word.
+    problems = _span_problems(messages, rendered, tokenizer, mask)
+    if problems:
+        fix = ("use a template that writes earlier turns as it writes the last one (a training template with "
+               "{% generation %} marks, e.g. trl's qwen3_training), or mask: final_turn") if mask == "all_assistant" \
+            else "fix the template so that an assistant turn renders as its content plus one end token"
+        raise TemplateError(f"{problems[0]}; {fix}")
+    return rendered
 
 
 def _render_marked(messages, tokenizer, mask, template, source: str, **kw) -> Rendered:
@@ -434,7 +451,8 @@ def _span_problems(messages, rendered: Rendered, tokenizer, mask) -> list[str]:
     if mask == "final_turn":
         turns = turns[-1:]
     if len(spans) != len(turns):
-        return [f"{len(spans)} trained spans for {len(turns)} assistant turns"]
+        return [f"{len(spans)} trained spans for {len(turns)} assistant turns (the template renders a turn "
+                f"differently once later turns follow it)"]
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     problems = []
     for (start, end), turn in zip(spans, turns):

@@ -183,3 +183,31 @@ def test_a_template_that_would_train_the_wrong_tokens_stops_the_job_before_train
     assert err.startswith(f"sft: {data}:1: chat template {qwen3} with mask=all_assistant: turns 1..")
     assert "mask: final_turn" in err and "template_check=warn" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "sft" / "metrics.jsonl").exists()
+
+
+def test_a_row_the_template_would_mask_wrongly_is_refused_or_quarantined_wherever_it_sits(ray_cluster, tiny_policy_dir,
+                                                                                          tmp_path, capsys):
+    """40 single-turn rows pass the preflight (it reads the first 32); the 3-turn row at line 41, which TRL's
+    plain qwen3 would train only the last turn of, is refused by name, or quarantined and counted."""
+    import trl
+
+    qwen3 = os.path.join(os.path.dirname(trl.__file__), "chat_templates", "qwen3.jinja")
+    one = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    three = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."},
+             {"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "6."},
+             {"role": "user", "content": "4 + 4?"}, {"role": "assistant", "content": "8, of course."}]
+    data = tmp_path / "convs.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [one] * 40 + [three] + [one] * 7))
+    argv = ["jobs/configs/tiny.yaml", f"run_dir={tmp_path / 'run'}", f"policy.name={tiny_policy_dir}",
+            f"policy.template={qwen3}", f"sft.data.train=[{data}]", "sft.train.cpu_bf16=false",
+            "sft.train.micro_batch_size=4", "sft.train.global_batch_size=8", "tracking.backend=none"]
+    assert job.main("sft", "", sft.run, argv + ["sft.data.on_bad_rows=error"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"sft: {data}:41: messages: 1 trained spans for 3 assistant turns"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run" / "sft" / "metrics.jsonl").exists()
+
+    assert job.main("sft", "", sft.run, argv + ["sft.data.on_bad_rows=quarantine"]) == 0
+    m = manifest.read(tmp_path / "run" / "sft")
+    assert m["counts"]["quarantined_after_tokenization"] == 1 and m["counts"]["train_rows"] == 47
+    quarantined = [json.loads(line) for line in open(tmp_path / "run" / "sft" / "quarantine.jsonl")]
+    assert [(q["line"], q["field"]) for q in quarantined] == [(41, "messages")]

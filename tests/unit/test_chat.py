@@ -157,3 +157,26 @@ def test_show_mask_marks_trained_tokens(smol_tokenizer):
     assert "user\nCapital of France?" in plain and "[Paris][.][<|im_end|>]" in plain
     colored = chat.show_mask(r, smol_tokenizer, color=True)
     assert "\033[42;30mParis\033[0m" in colored
+
+
+def test_render_refuses_a_multi_turn_row_whose_earlier_turns_the_template_rewrites(smol_tokenizer):
+    """TRL's plain qwen3 writes an empty think block into the final turn only: prefix counts would give the
+    earlier turns no span. render raises on that row (any row, not only the preflight's), and final_turn
+    or the marked training template masks it right."""
+    import os
+
+    import trl
+
+    folder = os.path.join(os.path.dirname(trl.__file__), "chat_templates")
+    qwen3, qwen3_training = (os.path.join(folder, f) for f in ("qwen3.jinja", "qwen3_training.jinja"))
+    dialog = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."},
+              {"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "6."},
+              {"role": "user", "content": "4 + 4?"}, {"role": "assistant", "content": "8, of course."}]
+    with pytest.raises(chat.TemplateError, match="1 trained spans for 3 assistant turns"):
+        chat.render(dialog, smol_tokenizer, "all_assistant", qwen3)
+    assert chat.render(dialog[:2], smol_tokenizer, "all_assistant", qwen3).num_trained > 0  # one turn: fine
+    final = chat.render(dialog, smol_tokenizer, "final_turn", qwen3)
+    trained = smol_tokenizer.decode([t for t in final.labels if t != chat.IGNORE_INDEX])
+    assert trained.endswith("8, of course.<|im_end|>") and "4." not in trained
+    spans = chat._label_runs(chat.render(dialog, smol_tokenizer, "all_assistant", qwen3_training).labels)
+    assert len(spans) == 3
