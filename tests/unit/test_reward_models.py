@@ -141,3 +141,44 @@ def test_a_trained_prm_checkpoint_is_scored_by_its_steps_probability_of_being_co
     at = [i for i, t in enumerate(targets) if t != -100]
     assert len(at) == 2 and low == pytest.approx(float(p[at].min()), abs=1e-5)
     assert mean == pytest.approx(float(p[at].mean()), abs=1e-5) and 0 <= low <= mean <= 1
+
+
+def test_the_scorer_runs_where_its_actor_holds_a_gpu_in_the_configured_dtype(tiny_dir, tmp_path, monkeypatch):
+    from rlhf_ray import score
+
+    tok = models.load_tokenizer(str(tiny_dir))
+    rm.load_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # an actor given a GPU (numbers: tests/gpu)
+    assert score.actor_device() == "cuda"
+    monkeypatch.undo()
+    assert score.actor_device() == "cpu"
+    full, half = (score.RewardScorer(str(tmp_path), dtype=d) for d in ("float32", "bfloat16"))
+    assert full.device.type == "cpu" and next(half.model.parameters()).dtype == torch.bfloat16
+    answers = [A("Fine."), A("Not at all, go away.")]
+    a, b = full.score([P, P], answers), half.score([P, P], answers)
+    assert a == pytest.approx(b, abs=0.05 * max(map(abs, a)))
+
+
+def test_an_out_of_memory_batch_is_split_and_scored_the_same(tiny_dir, tmp_path, monkeypatch):
+    from rlhf_ray import score
+
+    tok = models.load_tokenizer(str(tiny_dir))
+    rm.load_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    scorer = score.RewardScorer(str(tmp_path), batch_size=4)
+    answers = [A(f"Answer number {i}.") for i in range(4)]
+    expected = scorer.score([P] * 4, answers)
+    forward, sizes = scorer._forward, []
+
+    def small_memory(items):  # a device that fits two sequences at a time
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return forward(items)
+
+    monkeypatch.setattr(scorer, "_forward", small_memory)
+    real = scorer.real
+    assert scorer.score([P] * 4, answers) == pytest.approx(expected, abs=1e-5)
+    assert sizes == [4, 2, 2]
+    assert scorer.real - real == sum(len(scorer.encode(P, a)[0]) for a in answers)  # the failed try not counted
