@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 
 def connect() -> None:
@@ -52,3 +53,52 @@ def start_local() -> None:
         port = s.getsockname()[1]
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port)
+
+
+def unshared_nodes(run_dir: str) -> list[str]:
+    """The alive nodes (by IP) that do not see the local folder ``run_dir`` as this node wrote it: a
+    marker written here is looked for by a task pinned to each node. Empty on a one-node cluster or a
+    file system every node mounts."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return []
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".rlhf_ray_shared_{uuid.uuid4().hex}"
+    marker.write_text(marker.name)
+    try:
+        sees = ray.remote(num_cpus=0)(_sees)
+        answers = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                           .remote(str(marker)) for n in nodes], timeout=120)
+    finally:
+        marker.unlink()
+    return [n["NodeManagerAddress"] for n, seen in zip(nodes, answers) if not seen]
+
+
+def _sees(path: str) -> bool:
+    p = Path(path)
+    return p.is_file() and p.read_text() == p.name
+
+
+def check_run_dir(run_dir: str) -> None:
+    """A local run folder on a cluster of several nodes must be one they all see (a shared mount);
+    otherwise checkpoints, candidates and models land on whichever node wrote them."""
+    from rlhf_ray.config import ConfigError
+
+    import ray
+
+    connect()
+    if not ray.cluster_resources().get("CPU"):
+        raise ConfigError(f"run_dir={run_dir} is a local folder and this Ray cluster has no CPUs yet: its work runs on "
+                          f"nodes the autoscaler adds, which cannot be checked to see it. Use a storage URI "
+                          f"(s3://BUCKET/run, gs://BUCKET/run)")
+    missing = unshared_nodes(run_dir)
+    if missing:
+        raise ConfigError(f"run_dir={run_dir} is a folder that nodes {', '.join(missing)} of this Ray cluster do not "
+                          f"see: what they write would stay on their disks. Use a storage URI (s3://BUCKET/run, "
+                          f"gs://BUCKET/run) or a file system every node mounts at that path")

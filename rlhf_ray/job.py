@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import traceback
 from typing import Callable
 
-from rlhf_ray import config, storage, tracking
+from rlhf_ray import cluster, config, storage, tracking
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.generate import EngineFailed
 from rlhf_ray.schema import BadRecord
@@ -26,6 +27,8 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
             local = storage.mirror(cfg.run_dir)
             print(f"[{name}] run folder {cfg.run_dir} (local mirror {local})")
             cfg = dataclasses.replace(cfg, run_dir=str(local))
+        elif os.environ.get("RAY_ADDRESS"):  # joining a cluster: every node must see a local run folder
+            cluster.check_run_dir(cfg.run_dir)
         with tracking.job(cfg, name):
             run(cfg)
         storage.push(cfg.run_dir)  # what a job writes outside its stages' manifests (results, report)
