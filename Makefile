@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 CONFIG ?= jobs/configs/tiny.yaml
 
-.PHONY: setup run test test-unit test-integration bench clean
+.PHONY: setup run test test-unit test-integration gpu-check bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest -q -ra tests/integration
+
+# On a GPU machine with torch and transformers (no venv, no Ray, no vLLM, no network): tests/gpu on CUDA,
+# written to bench/results/gpu_check.json. `GPU_PYTHON=... make gpu-check` picks the interpreter.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) tests/gpu/check.py
 
 clean:
 	rm -rf $(VENV) runs
