@@ -194,6 +194,14 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
     raise ValueError(f"unknown scorer {kind!r} (rm, vllm, judge, function)")
 
 
+def check_gpus(s) -> None:
+    """The ``score`` section's GPU request against the installed vLLM build, for the scorers that run vLLM."""
+    from rlhf_ray import generate
+
+    if s.scorer == "vllm" or (s.scorer == "judge" and not s.judge.base_url):
+        generate.check_gpus("score.gpus_per_actor", s.gpus_per_actor)
+
+
 def as_messages(completion) -> list[dict]:
     """A completion as a message list: candidates hold plain text, preference rows hold messages."""
     if isinstance(completion, str):

@@ -11,6 +11,11 @@ from rlhf_ray.stages import policy_eval, rejection_sampling, reward_model, rm_ev
 
 
 def run(cfg: PipelineConfig) -> Path:
+    from rlhf_ray import generate, score
+
+    # The GPU requests of the later stages, before the first one trains for an hour.
+    generate.check_gpus("generate.gpus_per_actor", cfg.generate.gpus_per_actor)
+    score.check_gpus(cfg.score)
     if cfg.sft.data.train or cfg.task.name != "none":
         policy = str(sft.run(cfg))
     else:

@@ -20,8 +20,7 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     """candidates → out/scored with the same rows and a reward column, scored as section ``s`` says."""
     import ray.data
 
-    from rlhf_ray.generate import check_gpus
-    from rlhf_ray.score import score_dataset
+    from rlhf_ray.score import check_gpus, score_dataset
 
     candidates, model_dir = storage.publish(candidates), storage.publish(model_dir)  # read on any node
     if s.scorer == "function":
@@ -31,8 +30,7 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     st = manifest.stage("score", out, {"score": s}, [candidates] + judged_by)
     if st.up_to_date():
         return out / "scored"
-    if s.scorer == "vllm" or (s.scorer == "judge" and not s.judge.base_url):
-        check_gpus("score.gpus_per_actor", s.gpus_per_actor)
+    check_gpus(s)
     cluster.connect()
     ds = ray.data.read_parquet(candidates)
     rows = ds.count()
