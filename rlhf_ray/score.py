@@ -113,7 +113,7 @@ class VLLMRewardScorer:
     padding."""
 
     def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.0):
+                 gpu_memory_utilization: float = 0.9):
         from transformers import AutoConfig
 
         from rlhf_ray.generate import load_llm
@@ -170,7 +170,7 @@ class FunctionScorer:
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
                 judge: dict | None = None, dtype: str = "float32", function: str = "", prm_reduce: str = "min",
-                gpu_memory_utilization: float = 0.0) -> Scorer:
+                gpu_memory_utilization: float = 0.9) -> Scorer:
     if kind == "function":
         if not function:
             raise ValueError("score.scorer=function needs score.function (module:callable)")
