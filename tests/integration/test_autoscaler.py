@@ -85,7 +85,7 @@ def fake_cluster(tmp_path, s3_server):
         yield {"address": f"{get_node_ip_address()}:6379", "dashboard": dashboard, "env": env,
                "monitor": Path(temp) / "session_latest" / "logs" / "monitor.log"}
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
