@@ -51,7 +51,8 @@ def main() -> int:
     os.environ["RLHF_RAY_GPU_CHECK_DEVICE"] = a.device
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[var] = "1"
-    sys.path[:0] = [str(HERE), str(ROOT)]  # gpu_common, and rlhf_ray from the checkout (not installed there)
+    # gpu_common, the tests' shared rows, and rlhf_ray from the checkout (not installed there)
+    sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
     import torch
 
     if a.device == "cuda" and not torch.cuda.is_available():

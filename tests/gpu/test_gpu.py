@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import gpu_common as g
-from rlhf_ray import chat, models
+from reward_rows import A, BAD, GOOD, P, rows_for  # tests/
+from rlhf_ray import models
 from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop, sft_data
 from rlhf_ray.train.reward import RewardRecipe, evaluate
@@ -17,24 +18,10 @@ from rlhf_ray.train.sft import micro_batch, sft_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not g.on_device(), reason="needs CUDA")]
 BF16 = torch.bfloat16
-P = [{"role": "user", "content": "Say something."}]
-A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-GOOD, BAD = ["Thanks, happy to help!", "Sure, here it is."], ["No.", "Go away."]
 CONVS = [[{"role": "user", "content": "What is 12 + 30?"}, {"role": "assistant", "content": "It is 42."}],
          [{"role": "user", "content": "Which is a fruit: saw, plum?"}, {"role": "assistant", "content": "Plum."},
           {"role": "user", "content": "And the dog?"}, {"role": "assistant", "content": "The lazy dog."}],
          [{"role": "user", "content": "Step one?"}, {"role": "assistant", "content": "Step one is fine."}]]
-
-
-def rows_for(objective):
-    if objective in ("bt", "margin"):
-        return [{"prompt": P, "chosen": A(a), "rejected": A(b), "margin": 1.0} for a in GOOD for b in BAD]
-    if objective in ("kwise", "plackett_luce"):
-        return [{"prompt": P, "completions": [A(BAD[0]), A(GOOD[i]), A(BAD[1])], "ranking": [1, 0, 2]} for i in (0, 1)]
-    if objective == "orm":
-        return [{"prompt": P, "completion": A(t), "label": t in GOOD} for t in GOOD + BAD]
-    return [{"prompt": P, "completions": ["Step one is fine.", "Step two is wrong."], "labels": [1, -1]},
-            {"prompt": P, "completions": ["Step one is fine.", "Step two is unclear."], "labels": [1, 0]}]
 
 
 def test_every_objective_trains_and_evaluates_with_bf16_autocast_keeping_fp32_weights(tmp_path):

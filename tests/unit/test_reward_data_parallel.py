@@ -13,27 +13,10 @@ from rlhf_ray import models
 from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop
 from rlhf_ray.train.reward import RewardRecipe, evaluate
-
-P = [{"role": "user", "content": "Say something."}]
-A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-GOOD, BAD = ["Thanks, happy to help!", "Sure, here it is, all of it."], ["No.", "Go away."]
+from reward_rows import rows_for  # tests/
 
 DECODER = ("bt", "margin", "kwise", "plackett_luce", "orm", "prm")
 ENCODER = ("bt", "margin", "kwise", "plackett_luce")  # scalar heads over mean pooling
-
-
-def rows_for(objective):
-    if objective in ("bt", "margin"):
-        return [{"prompt": P, "chosen": A(g), "rejected": A(b), "margin": 1.0 + i}
-                for i, (g, b) in enumerate((g, b) for g in GOOD for b in BAD)]
-    if objective in ("kwise", "plackett_luce"):
-        return [{"prompt": P, "completions": [A(BAD[0]), A(GOOD[i]), A(BAD[1])], "ranking": [1, 0, 2]} for i in (0, 1)] \
-            + [{"prompt": P, "completions": [A(GOOD[1]), A(BAD[1]), A(GOOD[0])], "ranking": [0, 2, 1]}]
-    if objective == "orm":
-        return [{"prompt": P, "completion": A(t), "label": t in GOOD} for t in GOOD + BAD]
-    return [{"prompt": P, "completions": ["Step one is fine.", "Step two is wrong."], "labels": [1, -1]},
-            {"prompt": P, "completions": ["Step one is fine.", "Step two is unclear."], "labels": [1, 0]},
-            {"prompt": P, "completions": ["A step.", "Another step.", "Done."], "labels": [1, 1, 1]}]
 
 
 def micro_batch(rows, objective, tok):

@@ -6,26 +6,12 @@ from rlhf_ray import models
 from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop
 from rlhf_ray.train import reward
-
-P = [{"role": "user", "content": "Say something."}]
-A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-GOOD, BAD = ["Thanks, happy to help!", "Sure, here it is."], ["No.", "Go away."]
+from reward_rows import A, P, rows_for  # tests/
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_policy_dir):
     return tiny_policy_dir
-
-
-def rows_for(objective):
-    if objective in ("bt", "margin"):
-        return [{"prompt": P, "chosen": A(g), "rejected": A(b), "margin": 1.0} for g in GOOD for b in BAD]
-    if objective in ("kwise", "plackett_luce"):
-        return [{"prompt": P, "completions": [A(BAD[0]), A(GOOD[i]), A(BAD[1])], "ranking": [1, 0, 2]} for i in (0, 1)]
-    if objective == "orm":
-        return [{"prompt": P, "completion": A(t), "label": t in GOOD} for t in GOOD + BAD]
-    return [{"prompt": P, "completions": ["Step one is fine.", "Step two is wrong."], "labels": [1, -1]},
-            {"prompt": P, "completions": ["Step one is fine.", "Step two is unclear."], "labels": [1, 0]}]
 
 
 @pytest.mark.parametrize("objective", ["bt", "margin", "kwise", "plackett_luce", "orm", "prm"])
