@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 CONFIG ?= jobs/configs/tiny.yaml
 
-.PHONY: setup run test test-unit test-integration gpu-check bench clean
+.PHONY: setup run test test-e2e test-all test-unit gpu-check bench clean
 
 setup: $(STAMP)
 
@@ -30,14 +30,22 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(PY) jobs/pipeline.py $(CONFIG)
 
+# The tiers (README "Tests"): `make test` is unit + integration without the tests marked slow (minutes);
+# `make test-all` adds the end-to-end tests (tests/e2e: the front door, a two-node cluster, the autoscaler),
+# the slow ones and tests/gpu (skipped without CUDA). CI runs test-all.
+PYTEST := $(PY) -m pytest -q -ra --durations=15
+
 test: setup
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PYTEST) -m "not slow" tests/unit tests/integration
+
+test-e2e: setup
+	$(PYTEST) tests/e2e tests/gpu
+	$(PYTEST) -m slow tests/unit tests/integration
+
+test-all: test test-e2e
 
 test-unit: setup
-	$(PY) -m pytest -q -ra tests/unit
-
-test-integration: setup
-	$(PY) -m pytest -q -ra tests/integration
+	$(PYTEST) tests/unit
 
 # On a GPU machine with torch and transformers (no venv, no Ray, no vLLM, no network): tests/gpu on CUDA,
 # written to bench/results/gpu_check.json. `GPU_PYTHON=... make gpu-check` picks the interpreter.

@@ -134,6 +134,7 @@ def _run_with_kill(fn, cfg, folder: Path, actor: str) -> dict:
     return record
 
 
+@pytest.mark.slow  # the real SmolLM2; engine replacement without it: test_an_engine_that_fails_is_replaced...
 def test_smollm2_generate_score_survive_killed_actors(ray_cluster, tmp_path, policy_dir):
     """SmolLM2 generates and (with an untrained head) scores; one actor of each stage is killed mid-run."""
     m, n = 16, 4

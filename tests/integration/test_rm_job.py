@@ -14,6 +14,7 @@ from rlhf_ray.config import PipelineConfig
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
+@pytest.mark.slow  # MiniLM on real HH pairs; the job's logic on tiny models: the tests below
 def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
     cfg = config.load(PipelineConfig, "jobs/configs/rm-hh.yaml", [
         f"run_dir={tmp_path}", f"reward.data.train=[{shared_data / 'hh_harmless_test.jsonl.gz'}]",
@@ -29,6 +30,7 @@ def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
     assert model.config.num_labels == 1
 
 
+@pytest.mark.slow  # real GSM8K solutions; a token-head RM on a tiny model: test_a_process_rm_on_the_tiny_model...
 def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
     cfg = config.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "reward.objective=orm",
