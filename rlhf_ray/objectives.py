@@ -3,8 +3,8 @@ row becomes tokens, how rows become a batch, its loss and its held-out figures.
 
 ``bt`` (Bradley-Terry), ``margin`` (Llama 2), ``kwise`` (InstructGPT, 1/C(K,2) per prompt),
 ``plackett_luce`` (Starling), ``orm`` (per-token BCE, Cobbe et al.) and ``prm`` (3-class at step
-boundaries, Lightman et al.). Adding an objective is one ``Objective`` in ``OBJECTIVES``. Scoring,
-serving and training all read text → tokens from here (``encode``).
+boundaries, Lightman et al.). Adding an objective is one ``Objective`` in ``OBJECTIVES``: training, scoring
+and serving all read from it how text becomes tokens and how the model's output becomes a score.
 """
 from __future__ import annotations
 
@@ -233,6 +233,34 @@ def _steps_summary(records) -> dict:
     return {"eval_step_accuracy": sum(p == y for p, y in records) / len(records)}
 
 
+# ---------------------------------------------------------------- inference: a candidate → its score
+
+
+def _completion_end(prompt, completion, tok, template, max_len) -> tuple[list[int], list[int]]:
+    ids, in_completion, _, _ = encode(prompt, completion, tok, template, max_len)
+    return ids, [max(i for i, c in enumerate(in_completion) if c)]
+
+
+def _step_ends(prompt, completion, tok, template, max_len) -> tuple[list[int], list[int]]:
+    steps = [line for line in "\n".join(m["content"] for m in completion).split("\n") if line.strip()]
+    ids, targets = step_labels(prompt, steps, [1] * len(steps), tok, template, max_len)
+    return ids, [i for i, t in enumerate(targets) if t != IGNORE_INDEX] or [len(ids) - 1]
+
+
+def _sequence_score(out, at, prm_reduce) -> float:
+    return float(out)
+
+
+def _last_token_score(out, at, prm_reduce) -> float:
+    # The logit at the last completion token: the verifier's final-token prediction, as training's AUC reads it.
+    return float(out[at[-1], 0])
+
+
+def _step_score(out, at, prm_reduce) -> float:
+    correct = out[at].softmax(-1)[:, losses.PRM_CLASSES[1]]  # P(step correct) at each step's last token
+    return float(correct.min() if prm_reduce == "min" else correct.mean())
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -247,23 +275,27 @@ class Objective:
     units: Callable      # batch → the units its loss averages over (pairs, rankings, tokens, steps)
     records: Callable    # (scores, batch) → held-out records
     summary: Callable    # records of the whole eval set → eval_* figures
+    score_at: Callable   # (prompt, completion, tokenizer, template, max_len) → (ids, positions its score reads)
+    score: Callable      # (the model's output for one candidate, positions, prm_reduce) → the candidate's score
 
 
 _PAIRS = dict(row_kind="pairwise", head="scalar", encode=_encode_pair, collate=_collate_pairs,
               empty={"chosen_ids": [], "rejected_ids": [], "margin": 0.0}, units=_pair_units,
-              records=_pair_records, summary=_preference_summary)
+              records=_pair_records, summary=_preference_summary, score_at=_completion_end, score=_sequence_score)
 _RANKINGS = dict(row_kind="kwise", head="scalar", encode=_encode_ranking, collate=_collate_rankings,
                  empty={"completion_ids": [], "ranking": []}, units=_ranking_units, records=_ranking_records,
-                 summary=_preference_summary)
+                 summary=_preference_summary, score_at=_completion_end, score=_sequence_score)
 OBJECTIVES: dict[str, Objective] = {
     "bt": Objective(**_PAIRS, loss=_pair_loss("bt")),
     "margin": Objective(**_PAIRS, loss=_pair_loss("margin")),
     "kwise": Objective(**_RANKINGS, loss=_ranking_loss(losses.kwise_balanced)),
     "plackett_luce": Objective(**_RANKINGS, loss=_ranking_loss(losses.plackett_luce)),
     "orm": Objective("orm", "token", _encode_outcome, {"input_ids": [], "completion_mask": [], "label": 0},
-                     _collate_outcomes, _outcome_loss, _outcome_units, _outcome_records, _outcome_summary),
+                     _collate_outcomes, _outcome_loss, _outcome_units, _outcome_records, _outcome_summary,
+                     _completion_end, _last_token_score),
     "prm": Objective("prm", "prm3", _encode_steps, {"input_ids": [], "step_labels": []},
-                     _collate_steps, _steps_loss, _steps_units, _steps_records, _steps_summary),
+                     _collate_steps, _steps_loss, _steps_units, _steps_records, _steps_summary,
+                     _step_ends, _step_score),
 }
 
 
@@ -279,6 +311,14 @@ def encode_row(row: dict, objective: str, tokenizer, template, max_len: int) -> 
         raise
     except (ValueError, chat.TemplateError) as e:
         raise BadRecord(*_where(row), "prompt", str(e)) from None
+
+
+def for_checkpoint(config) -> str:
+    """The objective a saved reward model (its HF config) is scored as: its head says which; the scalar
+    objectives all read one reward per sequence, so ``bt`` stands for them."""
+    token_head = "TokenClassification" in " ".join(config.architectures or [])
+    head = ("prm3" if config.num_labels == 3 else "token") if token_head else "scalar"
+    return next(name for name, o in OBJECTIVES.items() if o.head == head)
 
 
 def collate(rows: list[dict], objective: str, pad_id: int) -> dict:

@@ -10,8 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from rlhf_ray import losses, models, objectives
-from rlhf_ray.chat import IGNORE_INDEX
+from rlhf_ray import models, objectives
 from rlhf_ray.generate import EngineError, memory_share, replace_actor
 
 
@@ -46,22 +45,15 @@ class RewardScorer:
             torch.set_num_threads(threads)
         self.device = torch.device(device or actor_device())
         self.tokenizer = models.chat_tokenizer(model_dir)
-        config = AutoConfig.from_pretrained(models.local_path(model_dir))
-        token_head = "TokenClassification" in " ".join(config.architectures or [])
-        self.objective = ("prm" if config.num_labels == 3 else "orm") if token_head else "bt"
+        self.objective = objectives.for_checkpoint(AutoConfig.from_pretrained(models.local_path(model_dir)))
         self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).to(self.device).eval()
         self.template, self.max_len, self.batch_size, self.prm_reduce = template, max_len, batch_size, prm_reduce
         self.padding = self.real = 0
 
     def encode(self, prompt: list[dict], completion: list[dict]) -> tuple[list[int], list[int]]:
         """Token ids and the positions the score is read at (the last completion token; PRM: each step's)."""
-        if self.objective == "prm":
-            steps = [line for line in "\n".join(m["content"] for m in completion).split("\n") if line.strip()]
-            ids, targets = objectives.step_labels(prompt, steps, [1] * len(steps), self.tokenizer, self.template,
-                                                  self.max_len)
-            return ids, [i for i, t in enumerate(targets) if t != IGNORE_INDEX] or [len(ids) - 1]
-        ids, in_completion, _, _ = objectives.encode(prompt, completion, self.tokenizer, self.template, self.max_len)
-        return ids, [max(i for i, c in enumerate(in_completion) if c)]
+        return objectives.OBJECTIVES[self.objective].score_at(prompt, completion, self.tokenizer, self.template,
+                                                              self.max_len)
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None,
@@ -94,13 +86,8 @@ class RewardScorer:
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).cpu()
         self.real += int(mask.sum())
         self.padding += int(mask.numel() - mask.sum())
-        if self.objective == "orm":
-            return [float(out[i, at[-1], 0]) for i, (_, at) in enumerate(items)]
-        if self.objective == "prm":
-            correct = out.softmax(-1)[..., losses.PRM_CLASSES[1]]
-            reduce = torch.min if self.prm_reduce == "min" else torch.mean
-            return [float(reduce(correct[i, at])) for i, (_, at) in enumerate(items)]
-        return out.tolist()
+        read = objectives.OBJECTIVES[self.objective].score
+        return [read(out[i], at, self.prm_reduce) for i, (_, at) in enumerate(items)]
 
     @property
     def padding_fraction(self) -> float:

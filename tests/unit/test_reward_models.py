@@ -168,3 +168,26 @@ def test_an_out_of_memory_batch_is_split_and_scored_the_same(tiny_dir, tmp_path,
     assert scorer.score([P] * 4, answers) == pytest.approx(expected, abs=1e-5)
     assert sizes == [4, 2, 2]
     assert scorer.real - real == sum(len(scorer.encode(P, a)[0]) for a in answers)  # the failed try not counted
+
+
+@pytest.mark.parametrize("objective,scored_as", [("bt", "bt"), ("kwise", "bt"), ("orm", "orm"), ("prm", "prm")])
+def test_a_saved_head_is_scored_as_its_objectives_table_entry_says(objective, scored_as, tiny_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from rlhf_ray.score import RewardScorer
+
+    tok = models.load_tokenizer(str(tiny_dir))
+    torch.manual_seed(0)
+    model = rm.load_model(str(tiny_dir), objective, tok).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert rm.for_checkpoint(AutoConfig.from_pretrained(tmp_path)) == scored_as
+    answer = A("Step one is fine.\nStep two is wrong.")
+    got = RewardScorer(str(tmp_path)).score([P], [answer])[0]
+    ids, at = rm.OBJECTIVES[scored_as].score_at(P, answer, tok, None, 512)
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+    expected = {"bt": lambda: float(out),  # the sequence's reward
+                "orm": lambda: float(out[at[-1], 0]),  # the logit at the last completion token
+                "prm": lambda: float(out[at].softmax(-1)[:, 2].min())}[scored_as]()  # min P(step correct)
+    assert got == pytest.approx(expected, abs=1e-5) and (len(at) == 2) == (scored_as == "prm")
