@@ -24,7 +24,7 @@ from rlhf_ray import data, models  # noqa: E402
 from rlhf_ray.score import RewardScorer  # noqa: E402
 from rlhf_ray import objectives as rm  # noqa: E402
 from rlhf_ray.train import loop  # noqa: E402
-from rlhf_ray.train.reward import RewardRecipe  # noqa: E402
+from rlhf_ray.train.reward import loss_fn  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh_harmless_test.jsonl.gz"
 
@@ -43,13 +43,13 @@ def ours(rows, tok, args) -> dict:
     steps = [encoded[i * args.pairs_per_step:(i + 1) * args.pairs_per_step] for i in range(args.steps + 1)]
 
     def mb(group):
-        batch = {**rm.collate(group, "bt", tok.pad_token_id), "objective": "bt"}
+        batch = rm.collate(group, "bt", tok.pad_token_id)
         return [{"batch": batch, "units": len(group), "tokens": 0, "padding": 0}]
 
-    loop.train_step(model, opt, sched, mb(steps[0]), RewardRecipe.loss_fn, 1.0, "cpu")
+    loop.train_step(model, opt, sched, mb(steps[0]), loss_fn("bt"), 1.0, "cpu")
     t0 = time.perf_counter()
     for group in steps[1:]:
-        loop.train_step(model, opt, sched, mb(group), RewardRecipe.loss_fn, 1.0, "cpu")
+        loop.train_step(model, opt, sched, mb(group), loss_fn("bt"), 1.0, "cpu")
     secs = time.perf_counter() - t0
     return {"seconds": secs, "pairs_per_s": args.steps * args.pairs_per_step / secs}
 

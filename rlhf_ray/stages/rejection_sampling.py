@@ -1,6 +1,7 @@
 """Rejection sampling stages (RLHF book ch. 9): generate N per prompt → score → select → SFT on the kept."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,13 +90,19 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> dict[str, str]:
         scored = scoring.score(cfg.score, str(candidates), rm, out / "score")
         picked = select(cfg.rs, cfg.eval.gold, scored, out / "select")
         if cfg.rs.baseline:
-            random_policy = finetune(cfg, policy, picked["random"], out / "random")
+            random_policy = _finetune(cfg, policy, picked["random"], out / "random")
         if cfg.rs.rule_reward:
             rule_policy = rule_round(cfg, rule_policy, candidates if r == 1 else None, prompts,
                                      root / "rs_rule" / f"round{r}")
-        policy = finetune(cfg, policy, picked["kept"], out / "top")
+        policy = _finetune(cfg, policy, picked["kept"], out / "top")
     return {"rs": policy, **({"random": random_policy} if random_policy else {}),
             **({"rs_rule": rule_policy} if cfg.rs.rule_reward else {})}
+
+
+def _finetune(cfg: PipelineConfig, policy: str, conversations: Path, out: Path) -> str:
+    """The SFT stage on selected conversations, from ``policy``, with rs.train and rs.scaling."""
+    return finetune(dataclasses.replace(cfg.policy, name=policy), conversations, cfg.sft.data, cfg.rs.train,
+                    cfg.rs.scaling, out)
 
 
 def rule_round(cfg: PipelineConfig, policy: str, candidates: Path | None, prompts: list[str], out: Path) -> str:
@@ -108,4 +115,4 @@ def rule_round(cfg: PipelineConfig, policy: str, candidates: Path | None, prompt
     # STaR / RFT keep only the answers the rule accepts.
     scored = scoring.score(rule, str(candidates), "", out / "score")
     picked = select(cfg.rs, cfg.eval.gold, scored, out / "select", cfg.rs.rule_min)
-    return finetune(cfg, policy, picked["kept"], out / "top")
+    return _finetune(cfg, policy, picked["kept"], out / "top")

@@ -162,7 +162,7 @@ def run(cfg: PipelineConfig, policy: str | None = None) -> Path:
     train_ds, bad_encoded = encode_dataset(rows, cfg, quarantine)
     eval_ds, bad_eval_encoded = encode_dataset(eval_rows, cfg, eval_quarantine) if eval_rows is not None else (None, 0)
 
-    result, plan = reward.fit(cfg, train_ds, eval_ds, out)
+    result, plan = reward.fit(r, train_ds, eval_ds, out)
     model_dir = runner.export_checkpoint(result, out)
     final = result.metrics or {}
     stats = {k: final[k] for k in ("reward_mean", "reward_std") if k in final}

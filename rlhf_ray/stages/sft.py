@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from rlhf_ray import chat, cluster, config, data, manifest, model_card, models, storage, tasks, tracking
-from rlhf_ray.config import ModelConfig, PipelineConfig
+from rlhf_ray.config import DataConfig, ModelConfig, PipelineConfig, ScalingConfig, SFTConfig, TrainConfig
 
 
 def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
@@ -38,33 +38,31 @@ def first_rows(files: list[str], kind: str, adapter: str | None, sample: int = 3
     return list(islice((r for f in files for r in data.parse_file(f, kind, adapter) if r.row is not None), sample))
 
 
-def run(cfg: PipelineConfig) -> Path:
-    """Train RUN_DIR/sft/model from cfg.policy on the SFT files; returns the model folder."""
+def train(policy: ModelConfig, section: SFTConfig, train_files: list[str], eval_files: list[str], out: Path) -> Path:
+    """Train ``out``/model from ``policy`` on the conversation files, as ``section`` says; returns the model
+    folder (skipped when out's manifest matches, resumed when it was interrupted)."""
     from rlhf_ray.train import runner, sft
 
     # The starting policy by a name every node can read (a mirrored run folder's model by its URI).
-    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, name=storage.publish(cfg.policy.name)))
-    out = Path(cfg.run_dir) / "sft"
-    train_files, eval_files = sft_inputs(cfg)
-    st = manifest.stage("sft", out, {"policy": cfg.policy, "sft": cfg.sft}, train_files + eval_files)
+    policy = dataclasses.replace(policy, name=storage.publish(policy.name))
+    st = manifest.stage("sft", out, {"policy": policy, "sft": section}, train_files + eval_files)
     if st.up_to_date():
         return out / "model"
-    d, t = cfg.sft.data, cfg.sft.train
-    check_template(cfg.policy, t.mask, t.template_check, "sft.train.template_check",
+    d, t = section.data, section.train
+    check_template(policy, t.mask, t.template_check, "sft.train.template_check",
                    [(f"{r.file}:{r.line}", r.row["messages"]) for r in first_rows(train_files, "sft", d.adapter)])
     quarantine = st.begin()
 
     cluster.connect()
-    d = cfg.sft.data
     rows, bad_rows = data.read_dataset(train_files, "sft", d.adapter, d.on_bad_rows, quarantine)
     if d.limit:
         rows = rows.limit(d.limit)
-    encoded, counts = sft.encode_dataset(rows, cfg.policy, cfg.sft, d.on_bad_rows, quarantine)
+    encoded, counts = sft.encode_dataset(rows, policy, section, d.on_bad_rows, quarantine)
     eval_counts = {}
     if eval_files:  # bad eval rows are quarantined (and counted) apart from the training rows
         eval_quarantine = out / "quarantine_eval.jsonl"
         eval_rows, bad_eval = data.read_dataset(eval_files, "sft", d.adapter, d.on_bad_rows, eval_quarantine)
-        eval_ds, encoded_eval = sft.encode_dataset(eval_rows, cfg.policy, cfg.sft, d.on_bad_rows, eval_quarantine)
+        eval_ds, encoded_eval = sft.encode_dataset(eval_rows, policy, section, d.on_bad_rows, eval_quarantine)
         eval_counts = {"eval_rows_quarantined": bad_eval,
                        "eval_quarantined_after_tokenization": encoded_eval["quarantined_after_tokenization"]}
     elif d.eval_rows:
@@ -72,11 +70,11 @@ def run(cfg: PipelineConfig) -> Path:
     else:
         eval_ds = None
 
-    result, plan = sft.fit(cfg, encoded, eval_ds, out)
+    result, plan = sft.fit(policy, section, encoded, eval_ds, out)
     runner.export_checkpoint(result, out)
     counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
               "eval_rows": eval_ds.count() if eval_ds is not None else 0, **eval_counts, "steps": plan.total_steps}
-    model_card.write(out / "model", "sft", cfg.policy.name, train_files + eval_files, counts, result.metrics or {},
+    model_card.write(out / "model", "sft", policy.name, train_files + eval_files, counts, result.metrics or {},
                      st.config_hash)
     st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
     tracking.push(out / "model")
@@ -84,10 +82,14 @@ def run(cfg: PipelineConfig) -> Path:
     return out / "model"
 
 
-def finetune(cfg: PipelineConfig, policy: str, conversations: Path, run_dir: Path) -> str:
-    """SFT from ``policy`` on the ``conversations`` rejection sampling selected, with rs.train and
-    rs.scaling, into RUN_DIR-like ``run_dir``/sft/model."""
-    d = dataclasses.replace(cfg.sft.data, train=(str(conversations),), eval=(), eval_rows=0, limit=0)
-    return str(run(dataclasses.replace(
-        cfg, run_dir=str(run_dir), policy=dataclasses.replace(cfg.policy, name=policy),
-        sft=dataclasses.replace(cfg.sft, data=d, train=cfg.rs.train, scaling=cfg.rs.scaling))))
+def run(cfg: PipelineConfig) -> Path:
+    """Train RUN_DIR/sft/model from cfg.policy on the SFT files (or the task's); returns the model folder."""
+    return train(cfg.policy, cfg.sft, *sft_inputs(cfg), Path(cfg.run_dir) / "sft")
+
+
+def finetune(policy: ModelConfig, conversations: Path, reading: DataConfig, t: TrainConfig, s: ScalingConfig,
+             run_dir: Path) -> str:
+    """SFT of ``policy`` on the ``conversations`` rejection sampling selected (read as ``reading`` says, trained
+    as ``t`` and ``s`` say) into ``run_dir``/sft/model."""
+    d = dataclasses.replace(reading, train=(str(conversations),), eval=(), eval_rows=0, limit=0)
+    return str(train(policy, SFTConfig(data=d, train=t, scaling=s), data.expand_paths(d.train), [], run_dir / "sft"))

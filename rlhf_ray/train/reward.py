@@ -2,13 +2,14 @@
 all workers. What each objective reads, encodes and computes is ``rlhf_ray.objectives``."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from rlhf_ray import models, objectives
-from rlhf_ray.config import PipelineConfig
+from rlhf_ray.config import RewardConfig
 from rlhf_ray.train import loop, runner
 
 
@@ -44,47 +45,51 @@ def evaluate(model, micro_batches, objective: str, device, autocast=None) -> dic
 # ---------------------------------------------------------------- the recipe the runner trains
 
 
+def loss_fn(objective: str, center_coef: float = 0.0):
+    """``objective``'s (loss summed over units, units) of a micro-batch, as ``loop.train_step`` takes it."""
+    def fn(model, batch):
+        return objectives.loss(objective, objectives.scores(model, batch, objective), batch, center_coef)
+    return fn
+
+
+@dataclasses.dataclass(frozen=True)
 class RewardRecipe:
+    """What Ray Train workers need to train a reward model: the ``reward`` section, nothing else."""
+    section: RewardConfig
     name = "reward"
     units = "units"
 
-    @staticmethod
-    def stage(cfg: PipelineConfig):
-        return cfg.reward
+    @property
+    def train(self):
+        return self.section.train
 
-    @staticmethod
-    def tokenizer(cfg: PipelineConfig):
-        m = cfg.reward.model
+    @property
+    def scaling(self):
+        return self.section.scaling
+
+    def tokenizer(self):
+        m = self.section.model
         return models.chat_tokenizer(m.name, m.template, m.trust_remote_code)
 
-    @staticmethod
-    def load_model(cfg: PipelineConfig, tokenizer, source: str | None):
-        m = cfg.reward.model
-        return objectives.load_model(source or m.name, cfg.reward.objective, tokenizer, m.dtype, m.trust_remote_code)
+    def load_model(self, tokenizer, source: str | None):
+        m = self.section.model
+        return objectives.load_model(source or m.name, self.section.objective, tokenizer, m.dtype, m.trust_remote_code)
 
-    @staticmethod
-    def micro_batches(shard, epoch: int, cfg: PipelineConfig, tokenizer):
-        r = cfg.reward
-        for b in runner.iter_shard(shard, epoch, r.train):
+    def micro_batches(self, shard, epoch: int, tokenizer):
+        objective = self.section.objective
+        for b in runner.iter_shard(shard, epoch, self.train):
             rows = [dict(zip(b, values)) for values in zip(*b.values())]
-            batch = {**objectives.collate(rows, r.objective, tokenizer.pad_token_id), "objective": r.objective,
-                     "center_coef": r.center_rewards_coef}
+            batch = objectives.collate(rows, objective, tokenizer.pad_token_id)
             real = int(batch["attention_mask"].sum())
-            yield {"batch": batch, "units": objectives.OBJECTIVES[r.objective].units(batch), "tokens": real,
+            yield {"batch": batch, "units": objectives.OBJECTIVES[objective].units(batch), "tokens": real,
                    "padding": batch["attention_mask"].numel() - real}
 
-    @staticmethod
-    def loss_fn(model, batch):
-        # The objective travels in the batch so that this stays a plain function of (model, batch).
-        objective = batch["objective"]
-        return objectives.loss(objective, objectives.scores(model, batch, objective), batch, batch.get("center_coef", 0.0))
+    def loss_fn(self, model, batch):
+        return loss_fn(self.section.objective, self.section.center_rewards_coef)(model, batch)
 
-    @staticmethod
-    def evaluate(model, micro_batches, device, autocast) -> dict:
-        mbs = list(micro_batches)
-        objective = mbs[0]["batch"]["objective"] if mbs else "bt"
-        return evaluate(model, mbs, objective, device, autocast)
+    def evaluate(self, model, micro_batches, device, autocast) -> dict:
+        return evaluate(model, micro_batches, self.section.objective, device, autocast)
 
 
-def fit(cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path):
-    return runner.fit(RewardRecipe, cfg, train_ds, eval_ds, out_dir)
+def fit(section: RewardConfig, train_ds, eval_ds, out_dir: Path):
+    return runner.fit(RewardRecipe(section), train_ds, eval_ds, out_dir)

@@ -22,34 +22,29 @@ from typing import Iterator, Protocol
 import torch
 
 from rlhf_ray import manifest, progress, storage
-from rlhf_ray.config import PipelineConfig, build
+from rlhf_ray.config import ScalingConfig, TrainConfig
 from rlhf_ray.train import loop
 
 STATE_FILE = "trainer_state.pt"
 
 
 class Recipe(Protocol):
-    """What a training stage tells the runner (``sft.SFTRecipe``, ``reward.RewardRecipe``)."""
-    name: str    # the stage, in messages and run names
-    units: str   # what the loss averages over, as metrics name it (trained_tokens, units)
+    """What a training stage tells the runner (``sft.SFTRecipe``, ``reward.RewardRecipe``): an object built
+    from the config sections it needs, which Ray Train pickles to every worker."""
+    name: str              # the stage, in messages and run names
+    units: str             # what the loss averages over, as metrics name it (trained_tokens, units)
+    train: TrainConfig
+    scaling: ScalingConfig
 
-    @staticmethod
-    def stage(cfg: PipelineConfig): ...           # the config section with ``train`` and ``scaling``
+    def tokenizer(self): ...
 
-    @staticmethod
-    def tokenizer(cfg: PipelineConfig): ...
+    def load_model(self, tokenizer, source: str | None): ...  # source: a checkpoint folder
 
-    @staticmethod
-    def load_model(cfg: PipelineConfig, tokenizer, source: str | None): ...  # source: a checkpoint folder
+    def micro_batches(self, shard, epoch: int, tokenizer) -> Iterator[dict]: ...
 
-    @staticmethod
-    def micro_batches(shard, epoch: int, cfg: PipelineConfig, tokenizer) -> Iterator[dict]: ...
+    def loss_fn(self, model, batch: dict): ...     # (loss summed over units, units), for ``loop.train_step``
 
-    @staticmethod
-    def loss_fn(model, batch: dict): ...           # (loss summed over units, units), for ``loop.train_step``
-
-    @staticmethod
-    def evaluate(model, micro_batches, device, autocast) -> dict: ...
+    def evaluate(self, model, micro_batches, device, autocast) -> dict: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +56,8 @@ class Plan:
     total_steps: int
 
 
-def plan(num_rows: int, stage, name: str) -> Plan:
-    t, workers = stage.train, stage.scaling.num_workers
+def plan(num_rows: int, t: TrainConfig, s: ScalingConfig, name: str) -> Plan:
+    workers = s.num_workers
     per_step = t.micro_batch_size * workers
     if t.global_batch_size % per_step:
         raise ValueError(f"{name}.train.global_batch_size={t.global_batch_size} must be a multiple of "
@@ -99,20 +94,19 @@ def train_worker(config: dict) -> None:
     for name in ["ray.train", *(n for n in list(logging.root.manager.loggerDict) if "/ray/train/" in n)]:
         logging.getLogger(name).setLevel(logging.WARNING)
     rec: Recipe = config["recipe"]
-    cfg: PipelineConfig = build(PipelineConfig, config["cfg"])
-    stage, p, out_dir = rec.stage(cfg), Plan(**config["plan"]), config["out_dir"]  # a path or storage URI
-    t = stage.train
+    p, out_dir = Plan(**config["plan"]), config["out_dir"]  # out_dir: a path or storage URI
+    t = rec.train
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
     torch.manual_seed(t.seed)
     rank, device = ray.train.get_context().get_world_rank(), ray.train.torch.get_device()
 
-    tokenizer = rec.tokenizer(cfg)
+    tokenizer = rec.tokenizer()
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as ckpt_dir:
-        model = rec.load_model(cfg, tokenizer, ckpt_dir)
+        model = rec.load_model(tokenizer, ckpt_dir)
         loop.freeze_lower_layers(model, t.trainable_layers)
-        if stage.scaling.strategy == "fsdp" and stage.scaling.num_workers > 1:
+        if rec.scaling.strategy == "fsdp" and rec.scaling.num_workers > 1:
             # Ray's prepare_model wraps FSDP1 as one unit and only on GPU; FSDP2 per block also runs on CPU.
             model = loop.shard_model(model, device)
         else:
@@ -126,7 +120,7 @@ def train_worker(config: dict) -> None:
     eval_shard = ray.train.get_dataset_shard("eval") if "eval" in config["datasets"] else None
 
     def evaluate():
-        return rec.evaluate(model, rec.micro_batches(eval_shard, 0, cfg, tokenizer), device, autocast)
+        return rec.evaluate(model, rec.micro_batches(eval_shard, 0, tokenizer), device, autocast)
 
     _write_progress(out_dir, rank, step)
     log = MetricsLog(f"{out_dir}/metrics.jsonl", step) if rank == 0 else None
@@ -135,7 +129,7 @@ def train_worker(config: dict) -> None:
     clock = progress.StepClock(step, p.total_steps, t.log_every)
     while step < p.total_steps:
         epoch = step // p.steps_per_epoch
-        groups = _grouped(rec.micro_batches(train_shard, epoch, cfg, tokenizer), p.accum)
+        groups = _grouped(rec.micro_batches(train_shard, epoch, tokenizer), p.accum)
         # Resuming mid-epoch: pass over the steps already taken (the epoch's order is seeded).
         for group in islice(groups, step - epoch * p.steps_per_epoch, None):
             res = loop.train_step(model, optimizer, scheduler, group, rec.loss_fn, t.max_grad_norm, device, autocast)
@@ -223,20 +217,19 @@ def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
-def fit(rec: type[Recipe], cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path):
+def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
     """Train ``rec`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    name, stage = rec.name, rec.stage(cfg)
-    s = stage.scaling
-    p = plan(train_ds.count(), stage, name)
+    name, s = rec.name, rec.scaling
+    p = plan(train_ds.count(), rec.train, s, name)
     checkpoints = out_dir / manifest.RESUMABLE
     datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
     trainer = TorchTrainer(
         train_worker,
         # Workers on other nodes write to storage URIs when the run folder is remote.
-        train_loop_config={"recipe": rec, "cfg": dataclasses.asdict(cfg), "plan": dataclasses.asdict(p),
+        train_loop_config={"recipe": rec, "plan": dataclasses.asdict(p),
                            "out_dir": storage.uri(out_dir) or str(out_dir), "datasets": sorted(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker={"CPU": s.cpus_per_worker}),

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray import chat, losses, models
-from rlhf_ray.config import ModelConfig, PipelineConfig, SFTConfig
+from rlhf_ray.config import ModelConfig, ScalingConfig, SFTConfig, TrainConfig
 from rlhf_ray.data import split_bad_rows
 from rlhf_ray.schema import BadRecord
 from rlhf_ray.train import loop, runner, sft_data
@@ -48,9 +48,9 @@ def _encode(row: dict, model: dict, max_seq_len: int, mask: str, overlength: str
                 "field": getattr(e, "field", "messages"), "reason": getattr(e, "reason", str(e))}
 
 
-def encode_dataset(rows, policy: ModelConfig, cfg: SFTConfig, on_bad_rows: str, quarantine_path: Path | None):
+def encode_dataset(rows, policy: ModelConfig, section: SFTConfig, on_bad_rows: str, quarantine_path: Path | None):
     """Rows → token ids and labels (materialised in the object store) plus counts for the manifest."""
-    t = cfg.train
+    t = section.train
     encoded = rows.map(_encode, fn_kwargs={"model": dataclasses.asdict(policy), "max_seq_len": t.max_seq_len,
                                            "mask": t.mask, "overlength": t.overlength}).materialize()
     good, n_bad = split_bad_rows(encoded, on_bad_rows, quarantine_path)
@@ -62,40 +62,40 @@ def encode_dataset(rows, policy: ModelConfig, cfg: SFTConfig, on_bad_rows: str, 
 # ---------------------------------------------------------------- the recipe the runner trains
 
 
+@dataclasses.dataclass(frozen=True)
 class SFTRecipe:
-    """What Ray Train workers need to run SFT (see ``runner.train_worker``)."""
+    """What Ray Train workers need to run SFT (see ``runner.train_worker``): the policy and the training
+    settings, nothing else of the config."""
+    policy: ModelConfig
+    train: TrainConfig
+    scaling: ScalingConfig
     name = "sft"
     units = "trained_tokens"
-    loss_fn = staticmethod(sft_loss)
 
-    @staticmethod
-    def stage(cfg: PipelineConfig):
-        return cfg.sft
+    def loss_fn(self, model, batch: dict):
+        return sft_loss(model, batch)
 
-    @staticmethod
-    def tokenizer(cfg: PipelineConfig):
-        return models.chat_tokenizer(cfg.policy.name, cfg.policy.template, cfg.policy.trust_remote_code)
+    def tokenizer(self):
+        p = self.policy
+        return models.chat_tokenizer(p.name, p.template, p.trust_remote_code)
 
-    @staticmethod
-    def load_model(cfg: PipelineConfig, tokenizer, source: str | None):
-        p = cfg.policy
+    def load_model(self, tokenizer, source: str | None):
+        p = self.policy
         model = models.load_policy(source or models.local_path(p.name), p.dtype, p.trust_remote_code)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
         return model
 
-    @staticmethod
-    def micro_batches(shard, epoch: int, cfg: PipelineConfig, tokenizer):
-        t = cfg.sft.train
+    def micro_batches(self, shard, epoch: int, tokenizer):
+        t = self.train
         for b in runner.iter_shard(shard, epoch, t):
             examples = [{"input_ids": list(i), "labels": list(l)} for i, l in zip(b["input_ids"], b["labels"])]
             yield micro_batch(examples, t.packing, tokenizer.pad_token_id)
 
-    @staticmethod
-    def evaluate(model, micro_batches, device, autocast) -> dict:
+    def evaluate(self, model, micro_batches, device, autocast) -> dict:
         return {"eval_loss": loop.evaluate(model, micro_batches, sft_loss, device, autocast)}
 
 
-def fit(cfg: PipelineConfig, train_ds, eval_ds, out_dir: Path):
+def fit(policy: ModelConfig, section: SFTConfig, train_ds, eval_ds, out_dir: Path):
     """Train on Ray Train; returns the final ``ray.train.Result`` and the step plan. Re-running resumes."""
-    return runner.fit(SFTRecipe, cfg, train_ds, eval_ds, out_dir)
+    return runner.fit(SFTRecipe(policy, section.train, section.scaling), train_ds, eval_ds, out_dir)

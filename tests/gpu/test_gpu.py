@@ -13,7 +13,7 @@ from reward_rows import A, BAD, GOOD, P, rows_for  # tests/
 from rlhf_ray import models
 from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop, sft_data
-from rlhf_ray.train.reward import RewardRecipe, evaluate
+from rlhf_ray.train.reward import evaluate, loss_fn
 from rlhf_ray.train.sft import micro_batch, sft_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not g.on_device(), reason="needs CUDA")]
@@ -32,13 +32,13 @@ def test_every_objective_trains_and_evaluates_with_bf16_autocast_keeping_fp32_we
         torch.manual_seed(0)
         model = rm.load_model(base, objective, tok).to(g.DEVICE)
         encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
-        batch = {**rm.collate(encoded, objective, tok.pad_token_id), "objective": objective}
+        batch = rm.collate(encoded, objective, tok.pad_token_id)
         mb = [{"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}]
         opt = loop.build_optimizer(model, 3e-3, 0.0)
         sched = loop.build_scheduler(opt, 40, 0.0, "constant")
-        first = loop.train_step(model, opt, sched, mb, RewardRecipe.loss_fn, 1.0, g.DEVICE, BF16).loss
+        first = loop.train_step(model, opt, sched, mb, loss_fn(objective), 1.0, g.DEVICE, BF16).loss
         for _ in range(40):
-            last = loop.train_step(model, opt, sched, mb, RewardRecipe.loss_fn, 1.0, g.DEVICE, BF16).loss
+            last = loop.train_step(model, opt, sched, mb, loss_fn(objective), 1.0, g.DEVICE, BF16).loss
         held_out = evaluate(model, mb, objective, g.DEVICE, BF16)
         assert last < 0.5 * first, (objective, first, last)
         assert all(p.dtype == torch.float32 and p.device.type == g.DEVICE for p in model.parameters()), objective
@@ -129,14 +129,14 @@ def test_fsdp2_step_and_full_checkpoint_state_dict_at_world_size_1(tmp_path):
     try:
         rows = rows_for("bt")
         encoded = [rm.encode_row(r, "bt", tok, None, 128) for r in rows]
-        batch = {**rm.collate(encoded, "bt", tok.pad_token_id), "objective": "bt"}
+        batch = rm.collate(encoded, "bt", tok.pad_token_id)
         mb = [{"batch": batch, "units": len(rows), "tokens": 0, "padding": 0}]
         params = {}
         for strategy in ("plain", "fsdp"):
             model = rm.load_model(base, "bt", tok)
             model = loop.shard_model(model, g.DEVICE) if strategy == "fsdp" else model.to(g.DEVICE)
             opt = torch.optim.SGD(model.parameters(), lr=1.0)
-            loop.train_step(model, opt, loop.build_scheduler(opt, 2, 0.0, "constant"), mb, RewardRecipe.loss_fn, 1e9,
+            loop.train_step(model, opt, loop.build_scheduler(opt, 2, 0.0, "constant"), mb, loss_fn("bt"), 1e9,
                             g.DEVICE, BF16)
             params[strategy] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                                     cpu_offload=True))

@@ -141,7 +141,7 @@ def test_two_workers_train_one_model_whose_held_out_figures_the_manifest_reports
     initial = rm.load_model(str(tiny_policy_dir), "bt", tok)
     assert not torch.equal(model.backbone.score.weight, initial.backbone.score.weight)  # it trained
     encoded = [rm.encode_row(r, "bt", tok, None, 64) for r in rows[32:]]
-    batch = {**rm.collate(encoded, "bt", tok.pad_token_id), "objective": "bt"}
+    batch = rm.collate(encoded, "bt", tok.pad_token_id)
     alone = evaluate(model, [{"batch": batch}], "bt", "cpu")
     for key in ("eval_loss", "eval_accuracy", "eval_margin", "eval_chosen_mean", "eval_rejected_mean"):
         assert m["held_out"][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from rlhf_ray import models
 from rlhf_ray import objectives as rm
 from rlhf_ray.train import loop
-from rlhf_ray.train.reward import RewardRecipe, evaluate
+from rlhf_ray.train.reward import evaluate, loss_fn
 from reward_rows import rows_for  # tests/
 
 DECODER = ("bt", "margin", "kwise", "plackett_luce", "orm", "prm")
@@ -21,15 +21,15 @@ ENCODER = ("bt", "margin", "kwise", "plackett_luce")  # scalar heads over mean p
 
 def micro_batch(rows, objective, tok):
     encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows]
-    batch = {**rm.collate(encoded, objective, tok.pad_token_id), "objective": objective, "center_coef": 0.01}
+    batch = rm.collate(encoded, objective, tok.pad_token_id)
     return {"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}
 
 
-def one_step(model, mbs):
+def one_step(model, mbs, objective):
     # Plain SGD: the update is the gradient itself (Adam's first step is sign-like and hides errors).
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = loop.build_scheduler(opt, 10, 0.0, "constant")
-    return loop.train_step(model, opt, sched, mbs, RewardRecipe.loss_fn, 1e9, "cpu")
+    return loop.train_step(model, opt, sched, mbs, loss_fn(objective, center_coef=0.01), 1e9, "cpu")
 
 
 def cases(dirs):
@@ -50,7 +50,7 @@ def _worker(rank, world, port, strategy, dirs, out):
         model = loop.shard_model(model, "cpu") if strategy == "fsdp" else torch.nn.parallel.DistributedDataParallel(model)
         rows = rows_for(objective)
         mine = rows[:1] if rank == 0 else rows[1:]  # uneven shares: different unit counts per rank
-        res = one_step(model, [micro_batch(mine, objective, tok)])
+        res = one_step(model, [micro_batch(mine, objective, tok)], objective)
         held_out = evaluate(model, [micro_batch(mine, objective, tok)], objective, "cpu")
         # Every rank takes part in gathering the full weights, as the runner's checkpoint does.
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -102,7 +102,7 @@ def test_two_ranks_take_the_step_of_one_big_batch_for_every_objective(rm_dirs, s
         model = rm.load_model(path, objective, tok)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         rows = rows_for(objective)
-        res = one_step(model, [micro_batch(rows, objective, tok)])
+        res = one_step(model, [micro_batch(rows, objective, tok)], objective)
         held_out = evaluate(model, [micro_batch(rows, objective, tok)], objective, "cpu")
         after = model.state_dict()
         assert set(got[case]["params"]) == set(after), case

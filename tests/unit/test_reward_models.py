@@ -20,13 +20,13 @@ def test_each_objective_lowers_its_loss(objective, tiny_dir):
     torch.manual_seed(0)
     model = rm.load_model(str(tiny_dir), objective, tok)
     encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
-    batch = {**rm.collate(encoded, objective, tok.pad_token_id), "objective": objective}
+    batch = rm.collate(encoded, objective, tok.pad_token_id)
     mb = [{"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}]
     opt = loop.build_optimizer(model, 3e-3, 0.0)
     sched = loop.build_scheduler(opt, 40, 0.0, "constant")
-    first = loop.train_step(model, opt, sched, mb, reward.RewardRecipe.loss_fn, 1.0, "cpu").loss
+    first = loop.train_step(model, opt, sched, mb, reward.loss_fn(objective), 1.0, "cpu").loss
     for _ in range(40):
-        last = loop.train_step(model, opt, sched, mb, reward.RewardRecipe.loss_fn, 1.0, "cpu").loss
+        last = loop.train_step(model, opt, sched, mb, reward.loss_fn(objective), 1.0, "cpu").loss
     assert last < 0.5 * first, (first, last)
     metrics = reward.evaluate(model, mb, objective, "cpu")
     key = {"orm": "eval_auc", "prm": "eval_step_accuracy"}.get(objective, "eval_accuracy")
