@@ -222,7 +222,14 @@ def test_training_generation_and_serving_demands_add_the_right_nodes_which_go_wh
                          "first_answer_s": round(time.time() - start, 1)})
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Seen once in three runs (2026-12-06): the serve driver, joined to this cluster, had not exited
+            # 60 s after Ctrl-C (cause not found). Not what this test measures; an open question, not a pass.
+            print("serve job still running 60 s after SIGINT; killed", flush=True)
+            server.kill()
+            server.wait(timeout=30)
     # The endpoint outlives its driver on a cluster (Serve is detached): take it down as an operator would.
     down = subprocess.run([str(BIN / "serve"), "shutdown", "-y", f"--address={c['dashboard']}"], env=c["env"],
                           capture_output=True, text=True, timeout=120)
