@@ -203,28 +203,36 @@ def render(messages: Sequence[dict], tokenizer, mask: MaskStrategy = "all_assist
     and ends with the turn's end-of-turn token; separator whitespace the template writes after that
     token is not trained, since generation stops at the end token. ``input_ids`` do not depend on ``mask``.
     """
-    if mask not in MASK_STRATEGIES:
-        raise ValueError(f"mask must be one of {MASK_STRATEGIES}, got {mask!r}")
-    source = resolve_template(tokenizer, template)
-    _check_reasoning(messages, source)
-    if GENERATION_MARK.search(source):
-        rendered = _render_marked(messages, tokenizer, mask, template, source, **template_kwargs)
-    else:
-        enc = _encode(messages, tokenizer, template, False, **template_kwargs)
-        labels = [IGNORE_INDEX] * len(enc.ids)
-        for start, end in _assistant_spans(messages, tokenizer, mask, template, enc, **template_kwargs):
-            labels[start:end] = enc.ids[start:end]
-        rendered = Rendered(enc.ids, labels)
+    rendered = _render(messages, tokenizer, mask, template, **template_kwargs)
     # Every row, not only the preflight's first ones: a template that rewrites earlier turns once later
     # ones exist (Qwen3 adds a think block only to the final turn) leaves those turns no span, and a
     # multi-turn row deep in a file would otherwise train its final turn alone without a word.
     problems = _span_problems(messages, rendered, tokenizer, mask)
     if problems:
-        fix = ("use a template that writes earlier turns as it writes the last one (a training template with "
-               "{% generation %} marks, e.g. trl's qwen3_training), or mask: final_turn") if mask == "all_assistant" \
-            else "fix the template so that an assistant turn renders as its content plus one end token"
-        raise TemplateError(f"{problems[0]}; {fix}")
+        raise TemplateError(f"{problems[0]}; {_fix(mask)}")
     return rendered
+
+
+def _fix(mask: MaskStrategy) -> str:
+    if mask == "all_assistant":
+        return ("use a template that keeps earlier turns as they were (or a training template with "
+                "{% generation %} marks, e.g. trl's qwen3_training), or mask: final_turn")
+    return "fix the template so that an assistant turn renders as its content plus one end token"
+
+
+def _render(messages, tokenizer, mask, template, **template_kwargs) -> Rendered:
+    """``render`` without its check of the spans (the doctor reports them instead)."""
+    if mask not in MASK_STRATEGIES:
+        raise ValueError(f"mask must be one of {MASK_STRATEGIES}, got {mask!r}")
+    source = resolve_template(tokenizer, template)
+    _check_reasoning(messages, source)
+    if GENERATION_MARK.search(source):
+        return _render_marked(messages, tokenizer, mask, template, source, **template_kwargs)
+    enc = _encode(messages, tokenizer, template, False, **template_kwargs)
+    labels = [IGNORE_INDEX] * len(enc.ids)
+    for start, end in _assistant_spans(messages, tokenizer, mask, template, enc, **template_kwargs):
+        labels[start:end] = enc.ids[start:end]
+    return Rendered(enc.ids, labels)
 
 
 def _render_marked(messages, tokenizer, mask, template, source: str, **kw) -> Rendered:
@@ -394,7 +402,7 @@ def doctor(conversations: Sequence[Sequence[dict]], tokenizer, template: str | N
         report.prefix_violations += [f"conversation {n}: {v}" for v in
                                      _prefix_violations(messages, tokenizer, template, **template_kwargs)]
         try:
-            rendered = render(messages, tokenizer, mask, template, **template_kwargs)
+            rendered = _render(messages, tokenizer, mask, template, **template_kwargs)
         except TemplateError as e:
             report.span_mismatches.append(f"conversation {n}: {e}")
             continue
@@ -422,11 +430,8 @@ def preflight(examples: Sequence[tuple[str, Sequence[dict]]], tokenizer, templat
         problems = ((report.prefix_violations if mask == "all_assistant" else []) + report.span_mismatches
                     + (["the rendering starts with two BOS tokens"] if report.double_bos else []))
         if problems:
-            fix = ("use a template that keeps earlier turns as they were (or a training template with "
-                   "{% generation %} marks), or mask: final_turn") if mask == "all_assistant" else \
-                "fix the template so that an assistant turn renders as its content plus one end token"
             return (f"{where}: chat template {name} with mask={mask}: "
-                    f"{problems[0].replace('conversation 0: ', '')}; {fix}")
+                    f"{problems[0].replace('conversation 0: ', '')}; {_fix(mask)}")
     return None
 
 

@@ -88,9 +88,9 @@ def _sees(path: str) -> bool:
 def check_run_dir(run_dir: str) -> None:
     """A local run folder on a cluster of several nodes must be one they all see (a shared mount);
     otherwise checkpoints, candidates and models land on whichever node wrote them."""
-    from rlhf_ray.config import ConfigError
-
     import ray
+
+    from rlhf_ray.config import ConfigError
 
     connect()
     if not ray.cluster_resources().get("CPU"):

@@ -346,7 +346,7 @@ class ModelConfig:
     template: str | None = field(default=None, metadata=_path("template"))  # None: the tokenizer's own; chatml / zephyr / tulu / a .jinja path / a template trl ships (qwen3_training)
     trust_remote_code: bool = False
     # The trained weights' dtype. Training keeps float32 master weights (AdamW's small updates vanish in
-    # bfloat16: 3 steps at lr 1e-6 moved 1.9% of a tiny model's weights), so only float32 is accepted;
+    # bfloat16: 3 steps at lr 1e-6 moved 2% of a tiny model's weights, tests/gpu/check.py), so only float32;
     # bfloat16 compute is train.bf16 (autocast on GPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 

@@ -89,7 +89,7 @@ def two_nodes(tmp_path, s3_server):
         procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3", f"--temp-dir={worker_tmp}"], worker_env,
                            tmp_path / "worker.log"))
         wait_for(lambda: _alive_nodes(address, env) == 2 or _raise(), procs[1], tmp_path / "worker.log")
-        yield address, env
+        yield address, {**env, "RLHF_RAY_TEST_GCS": f"127.0.0.1:{port}"}
     finally:
         for p in reversed(procs):
             stop(p)
@@ -220,3 +220,18 @@ def test_a_job_that_starts_its_own_cluster_trains_beside_another_cluster_on_the_
         assert "placement group was removed" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-4000:]
     finally:
         stop(other)
+
+
+def test_a_local_run_dir_is_probed_on_every_node(two_nodes, tmp_path):
+    """The run_dir check of a job joining a cluster (cluster.unshared_nodes) runs a task pinned to each of
+    the two nodes; both share this machine's disk, so both see the marker, and the marker is gone after."""
+    _, env = two_nodes
+    code = ("import json, ray, sys; from rlhf_ray import cluster; cluster.connect(); "
+            "alive = sum(n['Alive'] for n in ray.nodes()); "
+            "print(json.dumps({'alive': alive, 'missing': cluster.unshared_nodes(sys.argv[1])}))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True,
+                         env={**env, "RAY_ADDRESS": env["RLHF_RAY_TEST_GCS"]}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"alive": 2, "missing": []}
+    assert list((tmp_path / "run").iterdir()) == []  # the marker was removed
+
