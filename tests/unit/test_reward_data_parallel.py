@@ -17,6 +17,7 @@ from reward_rows import rows_for  # tests/
 
 DECODER = ("bt", "margin", "kwise", "plackett_luce", "orm", "prm")
 ENCODER = ("bt", "margin", "kwise", "plackett_luce")  # scalar heads over mean pooling
+CASES = [("decoder", o) for o in DECODER] + [("encoder", o) for o in ENCODER]
 
 
 def micro_batch(rows, objective, tok):
@@ -32,18 +33,13 @@ def one_step(model, mbs, objective):
     return loop.train_step(model, opt, sched, mbs, loss_fn(objective, center_coef=0.01), 1e9, "cpu")
 
 
-def cases(dirs):
-    return [(kind, objective) for kind in ("decoder", "encoder")
-            for objective in (DECODER if kind == "decoder" else ENCODER) if (kind, objective) in dirs]
-
-
 def _worker(rank, world, port, strategy, dirs, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     results = {}
-    for kind, objective in cases(dirs):
+    for kind, objective in CASES:
         path = dirs[(kind, objective)]
         tok = models.load_tokenizer(path)
         model = rm.load_model(path, objective, tok)
@@ -76,7 +72,7 @@ def rm_dirs(tmp_path_factory, tiny_policy_dir):
                                   ).save_pretrained(encoder)
     enc_tok.save_pretrained(encoder)
     dirs = {}
-    for kind, objective in [("decoder", o) for o in DECODER] + [("encoder", o) for o in ENCODER]:
+    for kind, objective in CASES:
         base, t = (str(tiny_policy_dir), tok) if kind == "decoder" else (str(encoder), enc_tok)
         path = root / f"{kind}_{objective}"
         rm.load_model(base, objective, t).save_pretrained(path)
@@ -94,8 +90,8 @@ def test_two_ranks_take_the_step_of_one_big_batch_for_every_objective(rm_dirs, s
     out = tmp_path / "ranks.pt"
     mp.spawn(_worker, args=(2, port, strategy, rm_dirs, str(out)), nprocs=2, join=True)
     got = torch.load(out)
-    assert set(got) == set(cases(rm_dirs)) and len(got) == 10
-    for case in cases(rm_dirs):
+    assert set(got) == set(CASES) and len(got) == 10
+    for case in CASES:
         kind, objective = case
         path = rm_dirs[case]
         tok = models.load_tokenizer(path)
