@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray import generate, models, tasks  # noqa: E402
+from rlhf_ray import models, tasks
+from rlhf_ray.engines import generator, vllm_engine  # noqa: E402
 from rlhf_ray.config import GenerateConfig, TaskConfig  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def prompt_rows(count: int) -> list[dict]:
     rows = [json.loads(line) for line in open(tasks.task_files(task, "/tmp/rlhf_ray_bench")["prompts"])]
     for i, r in enumerate(rows):
         r.update(_file="prompts.jsonl", _line=i + 1)
-    return [generate.tokenize_prompt(r, "default", None, 10 ** 6) for r in rows]
+    return [generator.tokenize_prompt(r, "default", None, 10 ** 6) for r in rows]
 
 
 def ray_pipeline(rows, sampling, args) -> dict:
@@ -46,7 +47,7 @@ def ray_pipeline(rows, sampling, args) -> dict:
                        max_tokens=sampling.max_tokens, seed=sampling.seed, max_model_len=1024,
                        rows_per_call=args.rows_per_call, cpus_per_actor=args.cpus_per_actor,
                        calls_per_actor=args.calls_per_actor)
-    out = generate.generate_dataset(ds, "default", g).materialize()
+    out = generator.generate_dataset(ds, "default", g).materialize()
     secs = time.perf_counter() - start
     tokens = int(out.sum("num_completion_tokens"))
     ray.shutdown()
@@ -75,9 +76,9 @@ def bare_worker(path: str) -> None:
     from vllm import SamplingParams
 
     job = json.loads(Path(path).read_text())
-    s = generate.Sampling(**job["sampling"])
+    s = generator.Sampling(**job["sampling"])
     t1 = time.perf_counter()
-    llm = generate.load_llm("default", s.seed, max_model_len=1024)
+    llm = vllm_engine.load_llm("default", s.seed, max_model_len=1024)
     params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
     t2 = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": ids} for ids in job["token_ids"]], params, use_tqdm=False)
@@ -125,7 +126,7 @@ def main() -> None:
         return bare_worker(args.bare_worker)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rows = prompt_rows(args.prompts)
-    sampling = generate.Sampling(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
+    sampling = generator.Sampling(n=args.n, temperature=0.8, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     res = {"device": "cpu", **common.machine(), "model": "SmolLM2-135M-Instruct", "prompts": len(rows),
            "n": args.n, "max_tokens": args.max_tokens, "rows_per_call": args.rows_per_call,
            "calls_per_actor": args.calls_per_actor,

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402  (bench/, the script's own folder)
 
 from rlhf_ray import data, models  # noqa: E402
-from rlhf_ray.score import RewardScorer  # noqa: E402
-from rlhf_ray import objectives as rm  # noqa: E402
+from rlhf_ray.engines.scorers import RewardScorer  # noqa: E402
+from rlhf_ray.core import objectives as rm  # noqa: E402
 from rlhf_ray.train import loop  # noqa: E402
 from rlhf_ray.train.reward import loss_fn  # noqa: E402
 
@@ -36,7 +36,7 @@ def plain(messages) -> str:
 
 
 def ours(rows, tok, args) -> dict:
-    model = rm.load_model(models.DEFAULT_RM, "bt", tok)
+    model = models.load_reward_model(models.DEFAULT_RM, "bt", tok)
     opt = loop.build_optimizer(model, 3e-5, 0.0)
     sched = loop.build_scheduler(opt, args.steps + 1, 0.0, "constant")
     encoded = [rm.encode_row(r, "bt", tok, None, args.max_len) for r in rows]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray.score import RewardScorer  # noqa: E402
+from rlhf_ray.engines.scorers import RewardScorer  # noqa: E402
 
 BON = ROOT.parent / "shared" / "data" / "alpacaeval_bon16_tulu2dpo13b_compact.jsonl.gz"
 

@@ -71,7 +71,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from rlhf_ray.serve import build
+    from rlhf_ray.serve.app import build
 
     port = free_port()
     cfg = config.load(PipelineConfig, None, ["serve.policy=default", "serve.reward_model=default-rm",

@@ -110,7 +110,7 @@ def endpoint(args) -> dict:
     import ray
     from ray import serve
 
-    from rlhf_ray.serve import build
+    from rlhf_ray.serve.app import build
 
     port = free_port()
     cfg = config.load(PipelineConfig, None, [

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
-from rlhf_ray import config, evaluation, manifest, rewards, selection  # noqa: E402
+from rlhf_ray import config, manifest
+from rlhf_ray.core import evaluation, rewards, selection  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 from rlhf_ray.stages import pipeline, reward_model, scoring  # noqa: E402
 

@@ -7,7 +7,7 @@ Writes RUN_DIR/eval_rm/report.json and manifest.json.
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import rm_eval
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ and RUN_DIR/eval/per_prompt.json (each policy's per-prompt values, the bootstrap
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import policy_eval
 
 if __name__ == "__main__":

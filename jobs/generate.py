@@ -10,7 +10,7 @@ same config, model and prompts is skipped.
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import generation
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Writes RUN_DIR/report.html.
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import pipeline
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ policy. Every stage is skipped when its manifest matches, so a job interrupted a
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import rejection_sampling
 
 if __name__ == "__main__":

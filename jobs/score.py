@@ -8,7 +8,7 @@ fraction. A finished stage with the same config, candidates and model is skipped
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import scoring
 
 if __name__ == "__main__":

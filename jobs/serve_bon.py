@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-from rlhf_ray import cluster, job
+from rlhf_ray import cluster
+
+from rlhf_ray.cli import job
 from rlhf_ray.config import PipelineConfig
 
 
@@ -20,7 +22,7 @@ def run(cfg: PipelineConfig, blocking: bool = True):
     import ray
     from ray import serve
 
-    from rlhf_ray.serve import build, unschedulable
+    from rlhf_ray.serve.app import build, unschedulable
 
     cluster.connect()
     problem = unschedulable(cfg.serve, ray.cluster_resources())

@@ -9,7 +9,7 @@ is skipped; an interrupted one resumes from its last checkpoint.
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import sft
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ manifest.json with held-out accuracy (pairs), AUC (ORM) or step accuracy (PRM).
 """
 import sys
 
-from rlhf_ray import job
+from rlhf_ray.cli import job
 from rlhf_ray.stages import reward_model
 
 if __name__ == "__main__":

@@ -244,7 +244,7 @@ def _relations(c) -> list[tuple[str, str]]:
     return out
 
 
-TASK_CHECKERS = {"arithmetic": "rlhf_ray.rewards:final_number", "categories": "rlhf_ray.rewards:final_word"}
+TASK_CHECKERS = {"arithmetic": "rlhf_ray.core.rewards:final_number", "categories": "rlhf_ray.core.rewards:final_word"}
 
 
 def task_checkers(cfg: "PipelineConfig", where: str) -> "PipelineConfig":
@@ -427,7 +427,7 @@ class RMSamplesConfig:
     n: int = 8                            # samples per prompt
     temperature: float = 1.0
     max_tokens: int = 0                   # 0: generate.max_tokens
-    checker: str = "rlhf_ray.rewards:final_number"  # module:callable (prompt, completion, row) -> 1.0 / 0.0; task: the task's
+    checker: str = "rlhf_ray.core.rewards:final_number"  # module:callable (prompt, completion, row) -> 1.0 / 0.0; task: the task's
     pairs_per_prompt: int = 4             # bt / margin: correct-vs-incorrect pairs per prompt (orm: every sample)
     eval_prompts: int = 32                # the last N prompts' samples are held out for the RM's eval
     seed: int = 0
@@ -523,7 +523,7 @@ class ScoreConfig:
     # rm: a reward model (transformers); vllm: the same in vLLM's pooling runner; judge: an LLM judge;
     # function: a rule-based reward, ``function`` below
     scorer: Literal["rm", "vllm", "judge", "function"] = "rm"
-    function: str = ""                    # module:callable (prompt, completion, row) -> float, e.g. rlhf_ray.rewards:final_number
+    function: str = ""                    # module:callable (prompt, completion, row) -> float, e.g. rlhf_ray.core.rewards:final_number
     model_dir: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/rm/model
     candidates: str = field(default="", metadata=_path("file"))  # empty: RUN_DIR/generate/candidates
     template: str | None = field(default=None, metadata=_path("template"))
@@ -571,7 +571,7 @@ class EvalConfig:
     limit: int = 0
     bon_n: tuple[int, ...] = (1, 2, 4, 8) # best-of-N curve of the SFT policy (N_max samples per prompt)
     policy_samples: int = 4               # samples per prompt for the RS and baseline policies
-    gold: str = "rlhf_ray.rewards:final_number"  # module:callable, the gold reward (prompts with an answer); task: the task's
+    gold: str = "rlhf_ray.core.rewards:final_number"  # module:callable, the gold reward (prompts with an answer); task: the task's
     greedy: bool = True                   # also one greedy (temperature 0) answer per prompt and policy
     n_boot: int = 10_000                  # bootstrap resamples of the confidence intervals
 

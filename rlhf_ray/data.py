@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
-from rlhf_ray.schema import BadRecord, RowError, validate
+from rlhf_ray.core.schema import BadRecord, RowError, validate
 
 OnBadRows = Literal["error", "quarantine"]
 

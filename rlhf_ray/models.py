@@ -12,7 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from rlhf_ray import storage
+from rlhf_ray.core import losses, objectives
 
 DEFAULT_POLICY = "default"
 DEFAULT_RM = "default-rm"
@@ -42,7 +45,6 @@ def default_policy_dir() -> Path:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -101,7 +103,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 def chat_tokenizer(name: str, template: str | None = None, trust_remote_code: bool = False):
     """The tokenizer every stage renders chats with: ``load_tokenizer`` plus the special tokens of a
     built-in ``template``. Cached per process (one per Ray worker), so treat it as read-only."""
-    from rlhf_ray import chat
+    from rlhf_ray.core import chat
 
     tokenizer = load_tokenizer(name, trust_remote_code)
     chat.add_template_tokens(tokenizer, template)
@@ -109,7 +111,6 @@ def chat_tokenizer(name: str, template: str | None = None, trust_remote_code: bo
 
 
 def load_policy(name: str, dtype: str = "float32", trust_remote_code: bool = False):
-    import torch
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
@@ -117,7 +118,7 @@ def load_policy(name: str, dtype: str = "float32", trust_remote_code: bool = Fal
     )
 
 
-def load_reward_model(name: str, head: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
+def _reward_backbone(name: str, head: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
     """A ``scalar``, per-``token`` or 3-class (``prm3``) head on any HF backbone.
 
     Encoder backbones (no ``score`` head) pool the mean of their token states: sentence encoders such
@@ -125,7 +126,6 @@ def load_reward_model(name: str, head: str, tokenizer, dtype: str = "float32", t
     pairs: 0.65 held-out accuracy with mean pooling vs 0.59 with [CLS]). The choice is saved in the
     config (``rlhf_ray_pooling``) so that a reloaded reward model scores the same way.
     """
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     cls = AutoModelForSequenceClassification if head == "scalar" else AutoModelForTokenClassification
@@ -143,7 +143,6 @@ def load_reward_model(name: str, head: str, tokenizer, dtype: str = "float32", t
 def disable_dropout(model) -> None:
     """Dropout off, as TRL and OpenRLHF train reward models: it adds noise to the score differences the
     loss compares, and it slows steps (bench/rm_throughput.py: 0.45x → 0.78x of TRL once off)."""
-    import torch
 
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -152,17 +151,8 @@ def disable_dropout(model) -> None:
             module.attention_dropout = 0.0
 
 
-def last_token_index(attention_mask):
-    """Index of each row's last real token, whichever side the padding is on."""
-    import torch
-
-    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
-    return (positions * attention_mask).argmax(dim=1)
-
-
 def tiny_causal_lm(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, seed: int = 0):
     """A random-weight Llama-architecture model over a real tokenizer's vocabulary, for tests."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -182,3 +172,59 @@ def save_policy(model, tokenizer, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+class RewardModel(torch.nn.Module):
+    """The whole reward computation as one module: ``forward(input_ids, attention_mask)`` returns one reward
+    per sequence (``scalar`` heads: decoders read their head at the last real token, encoders pool the mean
+    of their token states, or [CLS] when their config says so) or the head's logits per token (``token``,
+    ``prm3``), in float32.
+
+    DDP and FSDP2 hook a module's ``forward``: reading the backbone's pieces around it (as mean pooling and
+    last-token reads must) would skip the gradient all-reduce and FSDP's unsharding. Training, held-out
+    evaluation, scoring and serving all call this one module.
+    """
+
+    def __init__(self, backbone, head: str):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.config = backbone.config
+        # FSDP2 shards these blocks one by one (``train.loop.shard_model``).
+        self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
+        self.pooling = None
+        if head == "scalar" and not hasattr(backbone, "score"):
+            self.pooling = getattr(backbone.config, "rlhf_ray_pooling", "cls")
+        pooler = getattr(backbone.base_model, "pooler", None)
+        if self.pooling == "mean" and pooler is not None:
+            # Mean pooling never reads it: frozen, or DDP waits for gradients that never come.
+            pooler.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask):
+        b = self.backbone
+        if self.head != "scalar":
+            return b(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        if self.pooling == "cls":
+            return b(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        hidden = b.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask[..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return b.classifier(b.dropout(pooled))[:, 0].float()
+        last = hidden[torch.arange(hidden.size(0), device=hidden.device), losses.last_token_index(attention_mask)]
+        return b.score(last)[:, 0].float()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def save_pretrained(self, path, state_dict=None, **kwargs):
+        """The backbone's HF folder (what transformers and vLLM load); a ``state_dict`` of this module, as
+        gathered from DDP or FSDP, is saved under the backbone's own names."""
+        if state_dict is not None:
+            state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+        self.backbone.save_pretrained(path, state_dict=state_dict, **kwargs)
+
+
+def load_reward_model(name: str, objective: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
+    """The ``objective``'s head (``core.objectives``) on the backbone ``name``, as a ``RewardModel``."""
+    head = objectives.OBJECTIVES[objective].head
+    return RewardModel(_reward_backbone(name, head, tokenizer, dtype, trust_remote_code), head)

@@ -14,6 +14,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlhf_ray.manifest import MANIFEST  # noqa: E402
+from rlhf_ray.run_layout import METRICS, RunDir  # noqa: E402
+
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -152,34 +155,35 @@ def _manifest(path: Path) -> dict:
 def build(run_dir: str | Path, rounds: int = 1) -> Path:
     import pandas as pd
 
-    root = Path(run_dir)
+    layout = RunDir(Path(run_dir))
+    root, last = layout.root, layout.rs_round(rounds)
     sections: list[str] = []
 
     def figure(title: str, png: str | None, missing: str) -> None:
         body = f'<img src="{png}" alt="{html.escape(title)}">' if png else f"<p><em>{html.escape(missing)}</em></p>"
         sections.append(f"<h2>{html.escape(title)}</h2>{body}")
 
-    figure("SFT", loss_curve(_jsonl(root / "sft" / "metrics.jsonl"), "SFT loss", root / "sft_loss.png"),
+    figure("SFT", loss_curve(_jsonl(layout.sft / METRICS), "SFT loss", root / "sft_loss.png"),
            "no SFT metrics in this run")
-    rm, rm_data = _manifest(root / "rm" / "manifest.json"), _manifest(root / "rm_data" / "manifest.json")
-    figure("Reward model", loss_curve(_jsonl(root / "rm" / "metrics.jsonl"), "Reward model loss",
+    rm, rm_data = _manifest(layout.rm / MANIFEST), _manifest(layout.rm_data / MANIFEST)
+    figure("Reward model", loss_curve(_jsonl(layout.rm / METRICS), "Reward model loss",
                                       root / "rm_loss.png", extra="eval_accuracy"), "no reward-model metrics")
     if rm_data.get("counts"):
         sections.append(f"<p>{html.escape(rm_data_line(rm_data['counts']))}</p>")
     if rm.get("held_out"):
         sections.append(f"<p>{html.escape(held_out_line(rm['held_out']))}</p>")
-    scored, kept = root / "rs" / f"round{rounds}" / "score" / "scored", root / "rs" / f"round{rounds}" / "select" / "kept.jsonl"
+    scored, kept = last.scored, last.kept
     png = None
     if scored.exists() and kept.exists():
         png = reward_histogram(pd.read_parquet(scored).reward.tolist(), [r["reward"] for r in _jsonl(kept)],
                                root / "rs_rewards.png")
     figure(f"Rejection sampling, round {rounds}", png, "no rejection-sampling round in this run")
-    selections = {chain: counts for chain in ("rs", "rs_rule")
-                  if (counts := _manifest(root / chain / f"round{rounds}" / "select" / "manifest.json").get("counts"))}
+    selections = {chain: counts for chain, chosen in (("rs", last), ("rs_rule", layout.rule_round(rounds)))
+                  if (counts := _manifest(chosen.select / MANIFEST).get("counts"))}
     if selections:
         sections.append(_table(("picked by", "candidates", "kept", "gold: kept", "random picks", "all",
                                 "reward: kept", "random picks", "all"), selection_table(selections)))
-    results = json.loads((root / "eval" / "results.json").read_text()) if (root / "eval" / "results.json").exists() else {}
+    results = json.loads(layout.results.read_text()) if layout.results.exists() else {}
     if results.get("verdict"):
         sections.insert(0, f"<h2>Verdict</h2><p><strong>{html.escape(results['verdict'])}</strong></p>")
     figure("Best-of-N (held-out prompts)", bon_curve(results["best_of_n"], root / "bon.png") if results.get("best_of_n") else None,
@@ -196,6 +200,6 @@ def build(run_dir: str | Path, rounds: int = 1) -> Path:
             "body{font-family:sans-serif;max-width:900px;margin:2em auto}td,th{padding:4px 12px;text-align:right}"
             "td:first-child,th:first-child{text-align:left}</style></head><body>"
             f"<h1>Run report: {html.escape(str(root))}</h1>{''.join(sections)}</body></html>")
-    out = root / "report.html"
+    out = layout.report
     out.write_text(page)
     return out

@@ -185,6 +185,6 @@ def tiny_vllm_rm_dir(tiny_vllm_policy_dir, tmp_path_factory):
 
     tok = models.load_tokenizer(str(tiny_vllm_policy_dir))
     path = tmp_path_factory.mktemp("tiny_rm")
-    models.load_reward_model(str(tiny_vllm_policy_dir), "scalar", tok).save_pretrained(path)
+    models.load_reward_model(str(tiny_vllm_policy_dir), "bt", tok).save_pretrained(path)
     tok.save_pretrained(path)
     return path

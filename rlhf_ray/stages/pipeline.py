@@ -1,8 +1,8 @@
 """The whole path on one config: SFT → reward model → (RM evaluation) → rejection sampling → evaluation
-→ report. Each stage is skipped when its manifest is up to date, so an interrupted run resumes."""
+→ report. Each stage is skipped when its manifest is up to date, so an interrupted run resumes; each
+returns what it made and the next is given it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rlhf_ray import report, tracking
@@ -11,23 +11,23 @@ from rlhf_ray.stages import policy_eval, rejection_sampling, reward_model, rm_ev
 
 
 def run(cfg: PipelineConfig) -> Path:
-    from rlhf_ray import generate, score
+    from rlhf_ray.engines import actor_pool, scorers
 
     # The GPU requests of the later stages, before the first one trains for an hour.
-    generate.check_gpus("generate.gpus_per_actor", cfg.generate.gpus_per_actor)
-    score.check_gpus(cfg.score)
+    actor_pool.check_gpus("generate.gpus_per_actor", cfg.generate.gpus_per_actor)
+    scorers.check_score_gpus(cfg.score)
     if cfg.sft.data.train or cfg.task.name != "none":
         policy = str(sft.run(cfg))
     else:
         policy = cfg.policy.name  # an instruction-tuned model a user names: no SFT stage
-    reward_model.run(cfg, policy)
+    rm = str(reward_model.run(cfg, policy))
     e = cfg.eval_rm
     if e.pairs or e.bon_file or e.orm:
-        rm_eval.run(cfg)
-    finals = rejection_sampling.run(cfg, policy) if cfg.rs.rounds else {}
-    policy_eval.run(cfg, {"sft": policy, **finals})
+        rm_eval.run(cfg, rm)
+    finals = rejection_sampling.run(cfg, policy, rm) if cfg.rs.rounds else {}
+    results = policy_eval.run(cfg, {"sft": policy, **finals}, rm)
     out = report.build(cfg.run_dir, cfg.rs.rounds)
     tracking.log_artifacts([out, *sorted(out.parent.glob("*.png"))])
-    tracking.log_metrics(json.loads((Path(cfg.run_dir) / "eval" / "results.json").read_text()), "eval")
+    tracking.log_metrics(results, "eval")
     print(f"[pipeline] report: {out}")
     return out

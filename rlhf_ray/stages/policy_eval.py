@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import data, evaluation, rewards, selection, stats, storage, tasks
+from rlhf_ray import data, storage, tasks
+from rlhf_ray.core import evaluation, rewards, selection, stats
 from rlhf_ray.config import PipelineConfig
+from rlhf_ray.run_layout import RunDir
 from rlhf_ray.stages import generation, scoring
 
 # Comparisons reported when both policies were evaluated: (better, worse), as the question a reader asks.
@@ -20,7 +22,7 @@ COMPARISONS = [("rs", "sft"), ("rs", "random"), ("rs_rule", "sft"), ("rs_rule", 
 def eval_prompts(cfg: PipelineConfig) -> list[str]:
     if cfg.eval.prompts:
         return data.expand_paths(cfg.eval.prompts)
-    return [tasks.task_files(cfg.task, cfg.run_dir)["eval"]]
+    return [tasks.task_files(cfg.task, RunDir(cfg.run_dir).data)["eval"]]
 
 
 def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
@@ -30,7 +32,7 @@ def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
     return selection.reward_matrix(df.prompt_id, df.sample_idx, values, n)[1]
 
 
-def sample(cfg: PipelineConfig, policy: str, n: int, out: Path) -> dict:
+def sample(cfg: PipelineConfig, policy: str, rm: str, n: int, out: Path) -> dict:
     """n samples per held-out prompt at generate.temperature (and, with eval.greedy, one greedy answer,
     from the same engine), scored: {"ids", "proxy", "gold"} matrices and, with eval.greedy,
     {"greedy_ids", "greedy_gold"} (gold entries None when the prompts carry no answer)."""
@@ -39,7 +41,7 @@ def sample(cfg: PipelineConfig, policy: str, n: int, out: Path) -> dict:
     e = cfg.eval
     g = dataclasses.replace(cfg.generate, n=n, greedy=e.greedy, adapter=e.adapter, limit=e.limit)
     candidates = generation.generate(g, cfg.policy.template, policy, eval_prompts(cfg), out / "generate")
-    df = pd.read_parquet(scoring.score(cfg.score, str(candidates), scoring.rm_dir(cfg), out / "score"))
+    df = pd.read_parquet(scoring.score(cfg.score, str(candidates), rm, out / "score"))
     gold_fn = rewards.load(e.gold)
     sampled, greedy = df[~df.greedy].reset_index(drop=True), df[df.greedy].reset_index(drop=True)
     ids, proxy = selection.reward_matrix(sampled.prompt_id, sampled.sample_idx, sampled.reward, n)
@@ -56,15 +58,19 @@ def _aligned(ids: list, values: np.ndarray, common: list) -> np.ndarray:
     return values[[where[p] for p in common]]
 
 
-def run(cfg: PipelineConfig, policies: dict[str, str] | None = None) -> dict:
-    root = Path(cfg.run_dir)
-    policies = policies or _policies_in(root, cfg.rs.rounds)
+def run(cfg: PipelineConfig, policies: dict[str, str] | None = None, rm: str | None = None) -> dict:
+    """Each of ``policies`` (name → model; default: those of the run folder) sampled on the held-out
+    prompts and scored by ``rm`` (default: score.model_dir, else RUN_DIR/rm/model) and the gold reward."""
+    layout = RunDir(cfg.run_dir)
+    policies = policies or {k: str(p) for k, p in layout.final_policies(cfg.rs.rounds).items()
+                            if k == "sft" or Path(p).exists()}
+    rm = cfg.score.model_dir or rm or str(layout.rm_model)
     e = cfg.eval
     results: dict = {"policies": {}, "best_of_n": {}, "comparisons": {}}
     per_prompt: dict = {}
     for name, policy in policies.items():
         n = max(e.bon_n) if name == "sft" else e.policy_samples
-        found = sample(cfg, policy, n, root / "eval" / name)
+        found = sample(cfg, policy, rm, n, layout.eval_samples(name))
         ids, proxy, gold = found["ids"], found["proxy"], found["gold"]
         entry = {"model": storage.uri(policy) or policy, "prompts": len(ids), "samples_per_prompt": n,
                  "proxy": float(np.nanmean(proxy)), "gold": None if gold is None else float(np.nanmean(gold))}
@@ -81,9 +87,9 @@ def run(cfg: PipelineConfig, policies: dict[str, str] | None = None) -> dict:
     if "rs - sft" in results["comparisons"]:
         results["verdict"] = evaluation.verdict(results["comparisons"]["rs - sft"]["gold"], "The RS policy",
                                                 "the SFT policy", "gold reward per sample")
-    (root / "eval").mkdir(parents=True, exist_ok=True)
-    (root / "eval" / "results.json").write_text(json.dumps(results, indent=2))
-    (root / "eval" / "per_prompt.json").write_text(json.dumps(per_prompt))
+    layout.eval.mkdir(parents=True, exist_ok=True)
+    layout.results.write_text(json.dumps(results, indent=2))
+    layout.per_prompt.write_text(json.dumps(per_prompt))
     print(f"[eval] {json.dumps(results['policies'])}")
     if "verdict" in results:
         print(f"[eval] {results['verdict']}")
@@ -105,14 +111,3 @@ def compare(per_prompt: dict, n_boot: int) -> dict:
                 diffs[metric] = stats.paired_difference(x, y, n_boot)
         out[f"{a} - {b}"] = diffs
     return out
-
-
-def _policies_in(root: Path, rounds: int) -> dict[str, str]:
-    """The run folder's SFT policy and, when they exist, the last round's RS, baseline and rule-reward
-    policies."""
-    last = f"round{rounds}"
-    found = {"sft": root / "sft" / "model", "rs": root / "rs" / last / "top" / "sft" / "model",
-             "random": root / "rs" / last / "random" / "sft" / "model",
-             "rs_rule": root / "rs_rule" / last / "top" / "sft" / "model"}
-    return {k: str(p) for k, p in found.items() if k == "sft" or p.exists()}
-

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray import manifest, rewards, selection
+from rlhf_ray import manifest
+from rlhf_ray.core import rewards, selection
 from rlhf_ray.config import PipelineConfig, RSConfig, ScoreConfig
+from rlhf_ray.run_layout import KEPT, Round, RunDir
 from rlhf_ray.stages import generation, scoring
 from rlhf_ray.stages.sft import finetune
 
@@ -22,7 +24,7 @@ def select(rs: RSConfig, gold: str, scored: Path, out: Path, min_reward: float |
     section = {"strategy": rs.strategy, "top_k": rs.top_k, "dedup": rs.dedup, "drop_truncated": rs.drop_truncated,
                "seed": rs.seed, "min_reward": min_reward}
     st = manifest.stage("select", out, section, [scored])
-    paths = {name: out / f"{name}.jsonl" for name in ("kept", "random", "pairs")}
+    paths = {"kept": out / KEPT, **{name: out / f"{name}.jsonl" for name in ("random", "pairs")}}
     if st.up_to_date():
         return paths
     df = pd.read_parquet(scored).reset_index(drop=True)  # positions, whatever index the files carry
@@ -75,26 +77,25 @@ def _write(path: Path, rows: list[dict]) -> None:
         f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
 
 
-def run(cfg: PipelineConfig, policy: str | None = None) -> dict[str, str]:
-    """All rounds from ``policy`` (default: generate.model_dir, else RUN_DIR/sft/model); returns the
-    final policies {"rs": ..., "random": ..., "rs_rule": ...} (the latter two with rs.baseline and
-    rs.rule_reward)."""
-    root = Path(cfg.run_dir)
-    start = policy or cfg.generate.model_dir or str(root / "sft" / "model")
-    rm = scoring.rm_dir(cfg)
+def run(cfg: PipelineConfig, policy: str | None = None, rm: str | None = None) -> dict[str, str]:
+    """All rounds from ``policy`` (default: generate.model_dir, else RUN_DIR/sft/model), scored by ``rm``
+    (default: score.model_dir, else RUN_DIR/rm/model); returns the final policies {"rs": ..., "random": ...,
+    "rs_rule": ...} (the latter two with rs.baseline and rs.rule_reward)."""
+    layout = RunDir(cfg.run_dir)
+    start = policy or cfg.generate.model_dir or str(layout.sft_model)
+    rm = cfg.score.model_dir or rm or str(layout.rm_model)
     prompts = generation.prompt_files(cfg)
     policy, random_policy, rule_policy = start, None, start
     for r in range(1, cfg.rs.rounds + 1):
-        out = root / "rs" / f"round{r}"
-        candidates = generation.generate(cfg.generate, cfg.policy.template, policy, prompts, out / "generate")
-        scored = scoring.score(cfg.score, str(candidates), rm, out / "score")
-        picked = select(cfg.rs, cfg.eval.gold, scored, out / "select")
+        out = layout.rs_round(r)
+        candidates = generation.generate(cfg.generate, cfg.policy.template, policy, prompts, out.generate)
+        scored = scoring.score(cfg.score, str(candidates), rm, out.score)
+        picked = select(cfg.rs, cfg.eval.gold, scored, out.select)
         if cfg.rs.baseline:
-            random_policy = _finetune(cfg, policy, picked["random"], out / "random")
+            random_policy = _finetune(cfg, policy, picked["random"], out.random)
         if cfg.rs.rule_reward:
-            rule_policy = rule_round(cfg, rule_policy, candidates if r == 1 else None, prompts,
-                                     root / "rs_rule" / f"round{r}")
-        policy = _finetune(cfg, policy, picked["kept"], out / "top")
+            rule_policy = rule_round(cfg, rule_policy, candidates if r == 1 else None, prompts, layout.rule_round(r))
+        policy = _finetune(cfg, policy, picked["kept"], out.top)
     return {"rs": policy, **({"random": random_policy} if random_policy else {}),
             **({"rs_rule": rule_policy} if cfg.rs.rule_reward else {})}
 
@@ -105,14 +106,14 @@ def _finetune(cfg: PipelineConfig, policy: str, conversations: Path, out: Path) 
                     cfg.rs.scaling, out)
 
 
-def rule_round(cfg: PipelineConfig, policy: str, candidates: Path | None, prompts: list[str], out: Path) -> str:
+def rule_round(cfg: PipelineConfig, policy: str, candidates: Path | None, prompts: list[str], out: Round) -> str:
     """One round of RS with the rule reward (rs.rule_reward) as the scorer: the upper reference an RM's
     RS is measured against. Round 1 reuses the RM chain's candidates (the same policy sampled them)."""
     if candidates is None:
-        candidates = generation.generate(cfg.generate, cfg.policy.template, policy, prompts, out / "generate")
+        candidates = generation.generate(cfg.generate, cfg.policy.template, policy, prompts, out.generate)
     rule = ScoreConfig(scorer="function", function=cfg.rs.rule_reward, rows_per_call=cfg.score.rows_per_call,
                        actors=cfg.score.actors)
     # STaR / RFT keep only the answers the rule accepts.
-    scored = scoring.score(rule, str(candidates), "", out / "score")
-    picked = select(cfg.rs, cfg.eval.gold, scored, out / "select", cfg.rs.rule_min)
-    return _finetune(cfg, policy, picked["kept"], out / "top")
+    scored = scoring.score(rule, str(candidates), "", out.score)
+    picked = select(cfg.rs, cfg.eval.gold, scored, out.select, cfg.rs.rule_min)
+    return _finetune(cfg, policy, picked["kept"], out.top)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_ray import cluster, data, evaluation, manifest, storage
+from rlhf_ray import cluster, data, manifest, storage
+from rlhf_ray.core import evaluation
 from rlhf_ray.config import EvalRMConfig, PipelineConfig, ScoreConfig
+from rlhf_ray.run_layout import RunDir
 
 
 def _last(items: list, n: int) -> list:
@@ -47,7 +49,7 @@ def orm_items(e) -> tuple[list[dict], list[int]]:
 def score(items: list[dict], model_dir: str, e: EvalRMConfig) -> dict[str, float]:
     import ray.data
 
-    from rlhf_ray.score import score_dataset
+    from rlhf_ray.engines.scorers import score_dataset
 
     s = ScoreConfig(template=e.template, max_len=e.max_len, batch_size=e.batch_size, actors=(1, e.actors),
                     threads=e.threads, gpus_per_actor=e.gpus_per_actor, dtype=e.dtype)
@@ -55,9 +57,11 @@ def score(items: list[dict], model_dir: str, e: EvalRMConfig) -> dict[str, float
     return {r["key"]: float(r["reward"]) for r in ds.select_columns(["key", "reward"]).iter_rows()}
 
 
-def run(cfg: PipelineConfig) -> dict:
-    e, out = cfg.eval_rm, Path(cfg.run_dir) / "eval_rm"
-    model_dir = storage.publish(e.model_dir or Path(cfg.run_dir) / "rm" / "model")  # scorer actors on any node
+def run(cfg: PipelineConfig, rm: str | Path | None = None) -> dict:
+    """eval_rm's figures for eval_rm.model_dir, else ``rm``, else RUN_DIR/rm/model."""
+    layout, e = RunDir(cfg.run_dir), cfg.eval_rm
+    out = layout.eval_rm
+    model_dir = storage.publish(e.model_dir or rm or layout.rm_model)  # scorer actors on any node
     cluster.connect()
     report: dict = {"model_dir": model_dir}
     if e.pairs:

@@ -5,8 +5,10 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from rlhf_ray import chat, cluster, config, data, manifest, model_card, models, storage, tasks, tracking
+from rlhf_ray import cluster, config, data, manifest, model_card, models, storage, tasks, tracking
+from rlhf_ray.core import chat
 from rlhf_ray.config import DataConfig, ModelConfig, PipelineConfig, ScalingConfig, SFTConfig, TrainConfig
+from rlhf_ray.run_layout import MODEL, RunDir, finetuned_model
 
 
 def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
@@ -15,7 +17,7 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     if d.train:
         return data.expand_paths(d.train), data.expand_paths(d.eval) if d.eval else []
     if cfg.task.name != "none":
-        return [tasks.task_files(cfg.task, cfg.run_dir)["sft"]], []
+        return [tasks.task_files(cfg.task, RunDir(cfg.run_dir).data)["sft"]], []
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 
@@ -47,7 +49,7 @@ def train(policy: ModelConfig, section: SFTConfig, train_files: list[str], eval_
     policy = dataclasses.replace(policy, name=storage.publish(policy.name))
     st = manifest.stage("sft", out, {"policy": policy, "sft": section}, train_files + eval_files)
     if st.up_to_date():
-        return out / "model"
+        return out / MODEL
     d, t = section.data, section.train
     check_template(policy, t.mask, t.template_check, "sft.train.template_check",
                    [(f"{r.file}:{r.line}", r.row["messages"]) for r in first_rows(train_files, "sft", d.adapter)])
@@ -74,22 +76,23 @@ def train(policy: ModelConfig, section: SFTConfig, train_files: list[str], eval_
     runner.export_checkpoint(result, out)
     counts = {"rows_quarantined": bad_rows, **counts, "train_rows": encoded.count(),
               "eval_rows": eval_ds.count() if eval_ds is not None else 0, **eval_counts, "steps": plan.total_steps}
-    model_card.write(out / "model", "sft", policy.name, train_files + eval_files, counts, result.metrics or {},
+    model_card.write(out / MODEL, "sft", policy.name, train_files + eval_files, counts, result.metrics or {},
                      st.config_hash)
-    st.finish(counts, final_metrics=result.metrics, model_dir=str(out / "model"))
-    tracking.push(out / "model")
-    print(f"[sft] wrote {out / 'model'}: {counts}")
-    return out / "model"
+    st.finish(counts, final_metrics=result.metrics, model_dir=str(out / MODEL))
+    tracking.push(out / MODEL)
+    print(f"[sft] wrote {out / MODEL}: {counts}")
+    return out / MODEL
 
 
 def run(cfg: PipelineConfig) -> Path:
     """Train RUN_DIR/sft/model from cfg.policy on the SFT files (or the task's); returns the model folder."""
-    return train(cfg.policy, cfg.sft, *sft_inputs(cfg), Path(cfg.run_dir) / "sft")
+    return train(cfg.policy, cfg.sft, *sft_inputs(cfg), RunDir(cfg.run_dir).sft)
 
 
 def finetune(policy: ModelConfig, conversations: Path, reading: DataConfig, t: TrainConfig, s: ScalingConfig,
-             run_dir: Path) -> str:
+             out: Path) -> str:
     """SFT of ``policy`` on the ``conversations`` rejection sampling selected (read as ``reading`` says, trained
-    as ``t`` and ``s`` say) into ``run_dir``/sft/model."""
+    as ``t`` and ``s`` say) into ``out`` (its policy: ``run_layout.finetuned_model(out)``)."""
     d = dataclasses.replace(reading, train=(str(conversations),), eval=(), eval_rows=0, limit=0)
-    return str(train(policy, SFTConfig(data=d, train=t, scaling=s), data.expand_paths(d.train), [], run_dir / "sft"))
+    return str(train(policy, SFTConfig(data=d, train=t, scaling=s), data.expand_paths(d.train), [],
+                     finetuned_model(out).parent))

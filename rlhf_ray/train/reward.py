@@ -1,5 +1,5 @@
 """The reward-model recipe Ray Train runs (``runner``): micro-batches, the loss, held-out figures over
-all workers. What each objective reads, encodes and computes is ``rlhf_ray.objectives``."""
+all workers. What each objective reads, encodes and computes is ``rlhf_ray.core.objectives``."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from rlhf_ray import models, objectives
+from rlhf_ray import models
+from rlhf_ray.core import objectives
 from rlhf_ray.config import RewardConfig
 from rlhf_ray.train import loop, runner
 
@@ -73,7 +74,7 @@ class RewardRecipe:
 
     def load_model(self, tokenizer, source: str | None):
         m = self.section.model
-        return objectives.load_model(source or m.name, self.section.objective, tokenizer, m.dtype, m.trust_remote_code)
+        return models.load_reward_model(source or m.name, self.section.objective, tokenizer, m.dtype, m.trust_remote_code)
 
     def micro_batches(self, shard, epoch: int, tokenizer):
         objective = self.section.objective

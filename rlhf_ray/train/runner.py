@@ -21,6 +21,7 @@ from typing import Iterator, Protocol
 
 import torch
 
+from rlhf_ray.run_layout import METRICS, MODEL
 from rlhf_ray import manifest, progress, storage
 from rlhf_ray.config import ScalingConfig, TrainConfig
 from rlhf_ray.train import loop
@@ -123,7 +124,7 @@ def train_worker(config: dict) -> None:
         return rec.evaluate(model, rec.micro_batches(eval_shard, 0, tokenizer), device, autocast)
 
     _write_progress(out_dir, rank, step)
-    log = MetricsLog(f"{out_dir}/metrics.jsonl", step) if rank == 0 else None
+    log = MetricsLog(f"{out_dir}/{METRICS}", step) if rank == 0 else None
     # Held-out metrics before any update: the reference the final eval is compared with.
     extra = {f"{k}_initial": v for k, v in evaluate().items()} if eval_shard is not None and step == 0 else {}
     clock = progress.StepClock(step, p.total_steps, t.log_every)
@@ -246,7 +247,7 @@ def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
         raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGINT, previous)  # Ray Train's handler would outlive the run
-    storage.pull(out_dir / "metrics.jsonl")  # written by rank 0, wherever it ran
+    storage.pull(out_dir / METRICS)  # written by rank 0, wherever it ran
     return result, p
 
 
@@ -256,7 +257,7 @@ def export_checkpoint(result, out_dir: Path) -> Path:
 
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint (see {out_dir / manifest.RESUMABLE})")
-    target = out_dir / "model"
+    target = out_dir / MODEL
     with result.checkpoint.as_directory() as ckpt:
         if not any(Path(ckpt).glob("*.safetensors")):  # else the next stage fails on it, far from the cause
             raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no *.safetensors: its upload to "

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray import chat, losses, models
+from rlhf_ray import models
+from rlhf_ray.core import chat, losses
 from rlhf_ray.config import ModelConfig, ScalingConfig, SFTConfig, TrainConfig
 from rlhf_ray.data import split_bad_rows
-from rlhf_ray.schema import BadRecord
+from rlhf_ray.core.schema import BadRecord
 from rlhf_ray.train import loop, runner, sft_data
 
 

@@ -5,9 +5,9 @@ from typing import Literal, Sequence
 
 import torch
 
-from rlhf_ray import chat
-from rlhf_ray.chat import IGNORE_INDEX
-from rlhf_ray.schema import BadRecord
+from rlhf_ray.core import chat
+from rlhf_ray.core.chat import IGNORE_INDEX
+from rlhf_ray.core.schema import BadRecord
 
 Overlength = Literal["truncate", "reject"]
 

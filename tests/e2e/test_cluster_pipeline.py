@@ -19,7 +19,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import chat, models, storage
+from rlhf_ray import models, storage
+from rlhf_ray.core import chat
 
 pytestmark = pytest.mark.timeout(1800)  # two pipeline runs of ~12 Ray stages on 2 cores
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ def _tokenizer_files(folder: str) -> str:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_ray import chat
+    from rlhf_ray.core import chat
 
     corpus = ["The quick brown fox jumps over the lazy dog.", "What is 12 + 30? It is 42.",
               "Which of these is a fruit: saw, plum, egypt, violin? Plum.", "Step one is fine. Step two is wrong.",

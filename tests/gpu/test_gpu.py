@@ -11,7 +11,7 @@ import torch
 import gpu_common as g
 from reward_rows import A, BAD, GOOD, P, rows_for  # tests/
 from rlhf_ray import models
-from rlhf_ray import objectives as rm
+from rlhf_ray.core import objectives as rm
 from rlhf_ray.train import loop, sft_data
 from rlhf_ray.train.reward import evaluate, loss_fn
 from rlhf_ray.train.sft import micro_batch, sft_loss
@@ -30,7 +30,7 @@ def test_every_objective_trains_and_evaluates_with_bf16_autocast_keeping_fp32_we
     figures = {}
     for objective in rm.OBJECTIVES:
         torch.manual_seed(0)
-        model = rm.load_model(base, objective, tok).to(g.DEVICE)
+        model = models.load_reward_model(base, objective, tok).to(g.DEVICE)
         encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
         batch = rm.collate(encoded, objective, tok.pad_token_id)
         mb = [{"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}]
@@ -97,11 +97,11 @@ def test_fp32_master_weights_move_where_bf16_weights_round_the_update_away(tmp_p
 
 
 def test_the_scorer_runs_on_the_device_in_its_dtype(tmp_path):
-    from rlhf_ray.score import RewardScorer
+    from rlhf_ray.engines.scorers import RewardScorer
 
     tok = g.tokenizer(str(tmp_path / "tok"))
     base = g.tiny_policy(str(tmp_path / "policy"), tok)
-    rm.load_model(base, "bt", tok).save_pretrained(tmp_path / "rm")
+    models.load_reward_model(base, "bt", tok).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     answers = [A(t) for t in GOOD + BAD]
     reference = RewardScorer(str(tmp_path / "rm"), device="cpu").score([P] * 4, answers)
@@ -119,7 +119,7 @@ def test_fsdp2_step_and_full_checkpoint_state_dict_at_world_size_1(tmp_path):
 
     tok = g.tokenizer(str(tmp_path / "tok"))
     base = str(tmp_path / "rm")  # saved with its head, so that both runs start from the same weights
-    rm.load_model(g.tiny_policy(str(tmp_path / "policy"), tok), "bt", tok).save_pretrained(base)
+    models.load_reward_model(g.tiny_policy(str(tmp_path / "policy"), tok), "bt", tok).save_pretrained(base)
     tok.save_pretrained(base)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,7 +133,7 @@ def test_fsdp2_step_and_full_checkpoint_state_dict_at_world_size_1(tmp_path):
         mb = [{"batch": batch, "units": len(rows), "tokens": 0, "padding": 0}]
         params = {}
         for strategy in ("plain", "fsdp"):
-            model = rm.load_model(base, "bt", tok)
+            model = models.load_reward_model(base, "bt", tok)
             model = loop.shard_model(model, g.DEVICE) if strategy == "fsdp" else model.to(g.DEVICE)
             opt = torch.optim.SGD(model.parameters(), lr=1.0)
             loop.train_step(model, opt, loop.build_scheduler(opt, 2, 0.0, "constant"), mb, loss_fn("bt"), 1e9,
@@ -147,7 +147,7 @@ def test_fsdp2_step_and_full_checkpoint_state_dict_at_world_size_1(tmp_path):
             assert torch.allclose(params["fsdp"][k], v, atol=1e-5), k
         # The checkpoint the runner writes from the gathered state dict reloads as the same model.
         model.save_pretrained(tmp_path / "ckpt", state_dict=params["fsdp"])
-        again = rm.load_model(str(tmp_path / "ckpt"), "bt", tok)
+        again = models.load_reward_model(str(tmp_path / "ckpt"), "bt", tok)
         for k, v in again.state_dict().items():
             assert torch.equal(v, params["fsdp"][k]), k
     finally:

@@ -16,9 +16,10 @@ import psutil
 import pytest
 
 from rlhf_ray.stages import generation, scoring
-from rlhf_ray import chat, config, manifest, models, tasks
+from rlhf_ray import config, manifest, models, tasks
+from rlhf_ray.core import chat
 from rlhf_ray.config import PipelineConfig
-from rlhf_ray.generate import VLLMGenerator
+from rlhf_ray.engines.generator import VLLMGenerator
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -78,7 +79,7 @@ def test_tiny_model_generate_then_score(ray_cluster, tmp_path, tiny_vllm_policy_
     scored = read(scoring.run(cfg))
     assert f"[score {tmp_path}] 36/36 candidates (100%)" in capsys.readouterr().out
     assert len(scored) == 36 and np.isfinite(scored.reward).all() and scored.reward.std() > 0
-    from rlhf_ray.score import RewardScorer
+    from rlhf_ray.engines.scorers import RewardScorer
 
     direct = RewardScorer(str(tiny_vllm_rm_dir)).score([list(p) for p in scored.prompt[:6]],
                                                   [[{"role": "assistant", "content": c}] for c in scored.completion[:6]])
@@ -91,7 +92,7 @@ def test_vllm_pooling_scorer_matches_transformers_in_the_configured_dtype(ray_cl
 
     @ray.remote(num_cpus=1, max_calls=1)  # a process per engine: vLLM's parallel state is per process
     def both(model_dir, dtype):
-        from rlhf_ray.score import RewardScorer, VLLMRewardScorer
+        from rlhf_ray.engines.scorers import RewardScorer, VLLMRewardScorer
 
         prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
         completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(6)]
@@ -165,7 +166,7 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
              "answer": str(i + 1), "finish_reason": "stop"} for i in range(20) for j in range(2)]
     (tmp_path / "candidates").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "candidates" / "part.parquet")
-    rule = config.ScoreConfig(scorer="function", function="rlhf_ray.rewards:final_number", rows_per_call=8)
+    rule = config.ScoreConfig(scorer="function", function="rlhf_ray.core.rewards:final_number", rows_per_call=8)
     scored = read(scoring.score(rule, str(tmp_path / "candidates"), "", tmp_path / "score"))
     assert len(scored) == 40 and (scored.reward == (scored.sample_idx == 0)).all()
     assert manifest.read(tmp_path / "score")["counts"]["candidates"] == 40
@@ -173,7 +174,7 @@ def test_function_scorer_on_a_parquet_of_candidates(ray_cluster, tmp_path):
     # A row the function cannot judge fails the stage with the row named, not a deep traceback only.
     (tmp_path / "bad").mkdir()
     pd.DataFrame([{**rows[0], "answer": None}]).to_parquet(tmp_path / "bad" / "part.parquet")
-    with pytest.raises(Exception, match=r"reward function rlhf_ray.rewards:final_number failed on prompt_id 'p0'"):
+    with pytest.raises(Exception, match=r"reward function rlhf_ray.core.rewards:final_number failed on prompt_id 'p0'"):
         scoring.score(rule, str(tmp_path / "bad"), "", tmp_path / "score_bad")
 
 
@@ -196,12 +197,12 @@ class _FaultyEngine(VLLMGenerator):
 def test_an_engine_that_fails_is_replaced_and_no_row_is_lost(ray_cluster, tmp_path, tiny_vllm_policy_dir, monkeypatch):
     from ray import cloudpickle
 
-    from rlhf_ray import generate
+    from rlhf_ray.engines import actor_pool, generator
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors unpickle the class above
     m, n = 12, 3
     prompts = write_prompts(tmp_path / "prompts.jsonl", m)
-    monkeypatch.setattr(generate, "VLLMGenerator", _FaultyEngine)
+    monkeypatch.setattr(generator, "VLLMGenerator", _FaultyEngine)
     cfg = pipeline_cfg(tmp_path / "once", prompts, tiny_vllm_policy_dir, "", f"generate.n={n}", "generate.max_tokens=8",
                        "generate.max_model_len=256", "generate.rows_per_call=4", "generate.engine_restarts=1")
     df = read(generation.run(cfg))
@@ -211,5 +212,5 @@ def test_an_engine_that_fails_is_replaced_and_no_row_is_lost(ray_cluster, tmp_pa
     # Past generate.engine_restarts (here none), one message naming the engine's error.
     cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "always"),
                               generate=dataclasses.replace(cfg.generate, engine_restarts=0))
-    with pytest.raises(generate.EngineFailed, match=r"\(1 failures; generate.engine_restarts=0 .*: RuntimeError: injected engine fault$"):
+    with pytest.raises(actor_pool.EngineFailed, match=r"\(1 failures; generate.engine_restarts=0 .*: RuntimeError: injected engine fault$"):
         generation.run(cfg)

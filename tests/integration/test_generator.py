@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from rlhf_ray.generate import VLLMGenerator
+from rlhf_ray.engines.generator import VLLMGenerator
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -45,7 +45,7 @@ def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
 
 
 def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir, tmp_path):
-    from rlhf_ray import rewards
+    from rlhf_ray.core import rewards
 
     cfg = config.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "task.name=arithmetic", "task.sft_rows=0", "task.rm_rows=12", "task.prompt_rows=0",
@@ -113,8 +113,9 @@ def test_two_workers_train_one_model_whose_held_out_figures_the_manifest_reports
     """jobs/train_rm.py with 2 Ray Train workers: the saved model, evaluated in one process on the eval
     file, gives the held-out figures the job gathered over both ranks (before the fix, each rank trained
     its own model and the figures mixed them)."""
-    from rlhf_ray import job, models
-    from rlhf_ray import objectives as rm
+    from rlhf_ray import models
+    from rlhf_ray.cli import job
+    from rlhf_ray.core import objectives as rm
     from rlhf_ray.train.reward import evaluate
 
     words = ["apple", "river", "stone", "cloud", "green", "quiet", "seven", "paper"]
@@ -137,8 +138,8 @@ def test_two_workers_train_one_model_whose_held_out_figures_the_manifest_reports
 
     model_dir = run_dir / "rm" / "model"
     tok = models.load_tokenizer(str(model_dir))
-    model = rm.load_model(str(model_dir), "bt", tok)
-    initial = rm.load_model(str(tiny_policy_dir), "bt", tok)
+    model = models.load_reward_model(str(model_dir), "bt", tok)
+    initial = models.load_reward_model(str(tiny_policy_dir), "bt", tok)
     assert not torch.equal(model.backbone.score.weight, initial.backbone.score.weight)  # it trained
     encoded = [rm.encode_row(r, "bt", tok, None, 64) for r in rows[32:]]
     batch = rm.collate(encoded, "bt", tok.pad_token_id)

@@ -29,7 +29,7 @@ def free_port() -> int:
 def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     from ray import serve
 
-    from rlhf_ray.serve import build
+    from rlhf_ray.serve.app import build
 
     port = free_port()
     cfg = config.load(PipelineConfig, None, [
@@ -58,7 +58,7 @@ def post(url, body, key=KEY, timeout=120):
 def test_openai_client_gets_the_best_candidate_and_every_score(endpoint, tiny_vllm_rm_dir):
     from openai import OpenAI
 
-    from rlhf_ray.score import RewardScorer
+    from rlhf_ray.engines.scorers import RewardScorer
 
     url, cfg = endpoint
     client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
@@ -130,7 +130,7 @@ def test_the_bearer_scheme_is_case_insensitive(endpoint):
 
 
 def test_llm_judge_scores_through_an_openai_compatible_endpoint(endpoint, monkeypatch):
-    from rlhf_ray.judge import JudgeScorer, OpenAIBackend
+    from rlhf_ray.engines.judge import JudgeScorer, OpenAIBackend
 
     url, cfg = endpoint
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
@@ -178,7 +178,8 @@ def test_a_slow_client_gets_408_and_holds_no_slot(endpoint):
 def test_requests_join_one_running_batch_and_a_cancelled_one_is_aborted(endpoint):
     from ray import serve
 
-    from rlhf_ray import chat, models
+    from rlhf_ray import models
+    from rlhf_ray.core import chat
 
     gen = serve.get_deployment_handle("Generator", app_name="best-of-n")
     ids = chat.render_prompt(ASK, models.chat_tokenizer(endpoint[1].serve.policy))

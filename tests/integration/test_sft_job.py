@@ -11,7 +11,10 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import chat, config, job, manifest, tracking
+from rlhf_ray import config, manifest, tracking
+
+from rlhf_ray.cli import job
+from rlhf_ray.core import chat
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.stages import sft
 from wandb_offline import wandb_logged  # tests/

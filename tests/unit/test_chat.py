@@ -2,8 +2,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from rlhf_ray import chat
-from rlhf_ray.chat import IGNORE_INDEX
+from rlhf_ray.core import chat
+from rlhf_ray.core.chat import IGNORE_INDEX
 
 PIRATE = [
     {"role": "system", "content": "You are a friendly chatbot who always responds in the style of a pirate"},

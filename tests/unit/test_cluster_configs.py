@@ -52,7 +52,7 @@ def test_serve_config_validates_against_serves_schema(path):
     cfg = ServeDeploySchema.model_validate(load(path))
     assert cfg.http_options.host == "127.0.0.1"
     app = cfg.applications[0]
-    assert app.import_path == "rlhf_ray.serve:app_builder"
+    assert app.import_path == "rlhf_ray.serve.app:app_builder"
     assert {d.name for d in app.deployments} == {"Generator", "Scorer", "BestOfN"}
 
 

@@ -99,7 +99,7 @@ def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
 
 
 def test_an_endpoint_the_cluster_cannot_place_is_named_before_serve_waits_for_it():
-    from rlhf_ray.serve import unschedulable
+    from rlhf_ray.serve.app import unschedulable
 
     tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
     assert unschedulable(config.load(PipelineConfig, tiny).serve, {"CPU": 2.0}) is None
@@ -158,7 +158,7 @@ def test_whole_gpus_for_tensor_parallel_load():
 
 
 def test_vllm_takes_its_share_of_the_gpu_ray_reserved():
-    from rlhf_ray.generate import memory_share
+    from rlhf_ray.engines.vllm_engine import memory_share
 
     assert memory_share(0.0, 0.5) == 0.45 and memory_share(0.0, 0.3) == 0.27  # two engines on one GPU fit
     assert memory_share(0.0, 1.0) == 0.9 and memory_share(0.0, 0.0) == 0.9
@@ -168,7 +168,7 @@ def test_vllm_takes_its_share_of_the_gpu_ray_reserved():
 def test_a_cuda_vllm_build_with_no_gpu_reserved_is_one_line(monkeypatch):
     import importlib.metadata
 
-    from rlhf_ray.generate import check_gpus
+    from rlhf_ray.engines.actor_pool import check_gpus
 
     installed = {"vllm"}  # the CUDA build, as pip names it
 
@@ -217,7 +217,7 @@ def test_values_at_the_edges_of_what_is_allowed_load():
 
 
 def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug(capsys):
-    from rlhf_ray import job
+    from rlhf_ray.cli import job
 
     def never(cfg):
         raise AssertionError("a bad config must stop the job before any stage")
@@ -231,7 +231,7 @@ def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug
 
 
 def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys, tmp_path):
-    from rlhf_ray import job
+    from rlhf_ray.cli import job
 
     def interrupted(cfg):
         raise KeyboardInterrupt
@@ -244,13 +244,13 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
 
 def test_task_checkers_follow_the_task_and_the_other_tasks_checker_is_refused():
     tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
-    for name, checker in (("categories", "rlhf_ray.rewards:final_word"), ("arithmetic", "rlhf_ray.rewards:final_number")):
+    for name, checker in (("categories", "rlhf_ray.core.rewards:final_word"), ("arithmetic", "rlhf_ray.core.rewards:final_number")):
         cfg = config.load(PipelineConfig, tiny, [f"task.name={name}"])
         assert cfg.eval.gold == cfg.reward.samples.checker == cfg.rs.rule_reward == checker
-    with pytest.raises(ConfigError, match=r"eval.gold=rlhf_ray.rewards:final_word does not grade task.name=arithmetic: "
-                                          r"its checker is rlhf_ray.rewards:final_number"):
-        config.load(PipelineConfig, tiny, ["task.name=arithmetic", "eval.gold=rlhf_ray.rewards:final_word"])
+    with pytest.raises(ConfigError, match=r"eval.gold=rlhf_ray.core.rewards:final_word does not grade task.name=arithmetic: "
+                                          r"its checker is rlhf_ray.core.rewards:final_number"):
+        config.load(PipelineConfig, tiny, ["task.name=arithmetic", "eval.gold=rlhf_ray.core.rewards:final_word"])
     with pytest.raises(ConfigError, match=r"tiny.yaml: eval.gold=task: task.name=none generates no task"):
         config.load(PipelineConfig, tiny, ["task.name=none"])
-    ok = ["task.name=arithmetic", "reward.samples.checker=rlhf_ray.rewards:math_answer"]  # any checker but the other task's
-    assert config.load(PipelineConfig, tiny, ok).reward.samples.checker == "rlhf_ray.rewards:math_answer"
+    ok = ["task.name=arithmetic", "reward.samples.checker=rlhf_ray.core.rewards:math_answer"]  # any checker but the other task's
+    assert config.load(PipelineConfig, tiny, ok).reward.samples.checker == "rlhf_ray.core.rewards:math_answer"

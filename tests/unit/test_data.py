@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from rlhf_ray import data, schema
-from rlhf_ray.schema import BadRecord
+from rlhf_ray import data
+from rlhf_ray.core import schema
+from rlhf_ray.core.schema import BadRecord
 
 GOOD_SFT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
 GOOD_PAIR = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello", "rejected": "Go away"}

@@ -1,6 +1,6 @@
 import pytest
 
-from rlhf_ray import evaluation
+from rlhf_ray.core import evaluation
 
 
 def test_pairwise_by_subset_and_sections():

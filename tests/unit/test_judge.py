@@ -1,7 +1,7 @@
 """MT-Bench judge prompt and rating parsing."""
 import math
 
-from rlhf_ray import judge
+from rlhf_ray.engines import judge
 
 
 def test_single_prompt_carries_question_and_answer_in_mt_bench_format():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_ray import losses
+from rlhf_ray.core import losses
 
 T = torch.tensor
 

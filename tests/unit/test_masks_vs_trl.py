@@ -24,7 +24,7 @@ import pytest
 import trl
 from transformers import AutoTokenizer
 
-from rlhf_ray import chat
+from rlhf_ray.core import chat
 
 TEMPLATES = os.path.join(os.path.dirname(trl.__file__), "chat_templates")
 # Templates for images, video or diffusion models: their messages hold content parts, not the text rows
@@ -198,7 +198,7 @@ def test_the_jobs_refuse_qwen3_with_all_assistant_and_accept_its_final_turn(smol
 def test_rlhf_ray_doctor_prints_the_verdict_the_sft_job_enforces(policy_dir, tmp_path, capsys):
     import json
 
-    from rlhf_ray import cli
+    from rlhf_ray.cli import main as cli
 
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"messages": DIALOG}) + "\n")

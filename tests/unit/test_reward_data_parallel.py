@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rlhf_ray import models
-from rlhf_ray import objectives as rm
+from rlhf_ray.core import objectives as rm
 from rlhf_ray.train import loop
 from rlhf_ray.train.reward import evaluate, loss_fn
 from reward_rows import rows_for  # tests/
@@ -42,7 +42,7 @@ def _worker(rank, world, port, strategy, dirs, out):
     for kind, objective in CASES:
         path = dirs[(kind, objective)]
         tok = models.load_tokenizer(path)
-        model = rm.load_model(path, objective, tok)
+        model = models.load_reward_model(path, objective, tok)
         model = loop.shard_model(model, "cpu") if strategy == "fsdp" else torch.nn.parallel.DistributedDataParallel(model)
         rows = rows_for(objective)
         mine = rows[:1] if rank == 0 else rows[1:]  # uneven shares: different unit counts per rank
@@ -75,7 +75,7 @@ def rm_dirs(tmp_path_factory, tiny_policy_dir):
     for kind, objective in CASES:
         base, t = (str(tiny_policy_dir), tok) if kind == "decoder" else (str(encoder), enc_tok)
         path = root / f"{kind}_{objective}"
-        rm.load_model(base, objective, t).save_pretrained(path)
+        models.load_reward_model(base, objective, t).save_pretrained(path)
         t.save_pretrained(path)
         dirs[(kind, objective)] = str(path)
     return dirs
@@ -95,7 +95,7 @@ def test_two_ranks_take_the_step_of_one_big_batch_for_every_objective(rm_dirs, s
         kind, objective = case
         path = rm_dirs[case]
         tok = models.load_tokenizer(path)
-        model = rm.load_model(path, objective, tok)
+        model = models.load_reward_model(path, objective, tok)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         rows = rows_for(objective)
         res = one_step(model, [micro_batch(rows, objective, tok)], objective)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlhf_ray import models
-from rlhf_ray import objectives as rm
+from rlhf_ray.core import objectives as rm
 from rlhf_ray.train import loop
 from rlhf_ray.train import reward
 from reward_rows import A, P, rows_for  # tests/
@@ -18,7 +18,7 @@ def tiny_dir(tiny_policy_dir):
 def test_each_objective_lowers_its_loss(objective, tiny_dir):
     tok = models.load_tokenizer(str(tiny_dir))
     torch.manual_seed(0)
-    model = rm.load_model(str(tiny_dir), objective, tok)
+    model = models.load_reward_model(str(tiny_dir), objective, tok)
     encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows_for(objective)]
     batch = rm.collate(encoded, objective, tok.pad_token_id)
     mb = [{"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}]
@@ -35,7 +35,7 @@ def test_each_objective_lowers_its_loss(objective, tiny_dir):
 
 def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_dir):
     tok = models.load_tokenizer(str(tiny_dir))
-    model = rm.load_model(str(tiny_dir), "bt", tok).eval()
+    model = models.load_reward_model(str(tiny_dir), "bt", tok).eval()
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
     alone = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     pad = [tok.pad_token_id] * 5
@@ -50,7 +50,7 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding_side(tiny_di
 def test_encoder_backbone_without_chat_template_scores_cls():
     from rlhf_ray.models import default_rm_dir
     tok = models.load_tokenizer(str(default_rm_dir()))
-    model = rm.load_model(str(default_rm_dir()), "bt", tok).eval()
+    model = models.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
     ids, in_completion, _, _ = rm.encode(P, A("Fine."), tok, None, 512)
     assert tok.convert_ids_to_tokens(ids)[0] == "[CLS]" and tok.decode(
         [i for i, c in zip(ids, in_completion) if c]) == "fine."
@@ -75,7 +75,7 @@ def test_prm_labels_sit_on_each_steps_last_token(tiny_dir):
 def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     from rlhf_ray.models import default_rm_dir
     tok = models.load_tokenizer(str(default_rm_dir()))
-    model = rm.load_model(str(default_rm_dir()), "bt", tok).eval()
+    model = models.load_reward_model(str(default_rm_dir()), "bt", tok).eval()
     assert model.config.rlhf_ray_pooling == "mean"
     ids, _, _, _ = rm.encode(P, A("Fine."), tok, None, 128)
     alone = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
@@ -83,7 +83,7 @@ def test_encoder_mean_pooling_is_saved_and_ignores_padding(tmp_path):
     assert torch.allclose(alone, padded, atol=1e-5)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    again = rm.load_model(str(tmp_path), "bt", tok).eval()
+    again = models.load_reward_model(str(tmp_path), "bt", tok).eval()
     assert again.config.rlhf_ray_pooling == "mean"
     assert torch.allclose(again(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)),
                           alone, atol=1e-5)
@@ -110,12 +110,12 @@ def test_prm_labels_follow_the_rendered_text_when_the_template_adds_or_trims(tin
 
 
 def test_a_trained_prm_checkpoint_is_scored_by_its_steps_probability_of_being_correct(tiny_dir, tmp_path):
-    from rlhf_ray import losses
-    from rlhf_ray.score import RewardScorer
+    from rlhf_ray.core import losses
+    from rlhf_ray.engines.scorers import RewardScorer
 
     tok = models.load_tokenizer(str(tiny_dir))
     torch.manual_seed(0)
-    model = rm.load_model(str(tiny_dir), "prm", tok)
+    model = models.load_reward_model(str(tiny_dir), "prm", tok)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     steps = ["Step one is fine.", "Step two is wrong."]
@@ -130,16 +130,16 @@ def test_a_trained_prm_checkpoint_is_scored_by_its_steps_probability_of_being_co
 
 
 def test_the_scorer_runs_where_its_actor_holds_a_gpu_in_the_configured_dtype(tiny_dir, tmp_path, monkeypatch):
-    from rlhf_ray import score
+    from rlhf_ray.engines import scorers
 
     tok = models.load_tokenizer(str(tiny_dir))
-    rm.load_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
+    models.load_reward_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # an actor given a GPU (numbers: tests/gpu)
-    assert score.actor_device() == "cuda"
+    assert scorers.actor_device() == "cuda"
     monkeypatch.undo()
-    assert score.actor_device() == "cpu"
-    full, half = (score.RewardScorer(str(tmp_path), dtype=d) for d in ("float32", "bfloat16"))
+    assert scorers.actor_device() == "cpu"
+    full, half = (scorers.RewardScorer(str(tmp_path), dtype=d) for d in ("float32", "bfloat16"))
     assert full.device.type == "cpu" and next(half.model.parameters()).dtype == torch.bfloat16
     answers = [A("Fine."), A("Not at all, go away.")]
     a, b = full.score([P, P], answers), half.score([P, P], answers)
@@ -147,12 +147,12 @@ def test_the_scorer_runs_where_its_actor_holds_a_gpu_in_the_configured_dtype(tin
 
 
 def test_an_out_of_memory_batch_is_split_and_scored_the_same(tiny_dir, tmp_path, monkeypatch):
-    from rlhf_ray import score
+    from rlhf_ray.engines import scorers
 
     tok = models.load_tokenizer(str(tiny_dir))
-    rm.load_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
+    models.load_reward_model(str(tiny_dir), "bt", tok).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    scorer = score.RewardScorer(str(tmp_path), batch_size=4)
+    scorer = scorers.RewardScorer(str(tmp_path), batch_size=4)
     answers = [A(f"Answer number {i}.") for i in range(4)]
     expected = scorer.score([P] * 4, answers)
     forward, sizes = scorer._forward, []
@@ -174,11 +174,11 @@ def test_an_out_of_memory_batch_is_split_and_scored_the_same(tiny_dir, tmp_path,
 def test_a_saved_head_is_scored_as_its_objectives_table_entry_says(objective, scored_as, tiny_dir, tmp_path):
     from transformers import AutoConfig
 
-    from rlhf_ray.score import RewardScorer
+    from rlhf_ray.engines.scorers import RewardScorer
 
     tok = models.load_tokenizer(str(tiny_dir))
     torch.manual_seed(0)
-    model = rm.load_model(str(tiny_dir), objective, tok).eval()
+    model = models.load_reward_model(str(tiny_dir), objective, tok).eval()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     assert rm.for_checkpoint(AutoConfig.from_pretrained(tmp_path)) == scored_as

@@ -1,7 +1,7 @@
 """Rule-based rewards: the arithmetic checker, the GSM8K/MATH checker, and loading by module:callable."""
 import pytest
 
-from rlhf_ray import rewards, selection
+from rlhf_ray.core import rewards, selection
 
 Q = [{"role": "user", "content": "What is 12 + 30?"}]
 
@@ -25,14 +25,14 @@ def test_math_answer_compares_mathematically():
 
 
 def test_load_names_what_is_wrong():
-    assert rewards.load("rlhf_ray.rewards:final_number") is rewards.final_number
+    assert rewards.load("rlhf_ray.core.rewards:final_number") is rewards.final_number
     with pytest.raises(ValueError, match="expected module:callable"):
-        rewards.load("rlhf_ray.rewards.final_number")
+        rewards.load("rlhf_ray.core.rewards.final_number")
     with pytest.raises(ValueError, match="cannot import no_such_module"):
         rewards.load("no_such_module:f")
     with pytest.raises(ValueError, match="has no nope"):
-        rewards.load("rlhf_ray.rewards:nope")
-    assert rewards.source_file("rlhf_ray.rewards:final_number").endswith("rlhf_ray/rewards.py")
+        rewards.load("rlhf_ray.core.rewards:nope")
+    assert rewards.source_file("rlhf_ray.core.rewards:final_number").endswith("rlhf_ray/core/rewards.py")
 
 
 def test_correct_incorrect_pairs():

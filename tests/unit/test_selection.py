@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rlhf_ray import selection
+from rlhf_ray.core import selection
 
 # The seed's worked example (RLHF book ch. 9): 5 prompts × 4 completions.
 R = [[.7, .3, .5, .2], [.4, .8, .6, .5], [.9, .3, .4, .7], [.2, .5, .8, .6], [.5, .4, .3, .6]]

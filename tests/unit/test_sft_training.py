@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhf_ray import chat, losses, models
+from rlhf_ray import models
+from rlhf_ray.core import chat, losses
 from rlhf_ray.train import loop, sft_data
 from rlhf_ray.train.sft import micro_batch, sft_loss
 

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rlhf_ray import stats
+from rlhf_ray.core import stats
 
 
 def slow_bootstrap_means(d, n_boot, seed):

@@ -7,7 +7,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from rlhf_ray import data, manifest, storage
-from rlhf_ray.schema import BadRecord
+from rlhf_ray.core.schema import BadRecord
 from rlhf_ray.train.runner import MetricsLog
 
 
@@ -136,7 +136,7 @@ def test_an_unreachable_run_folder_is_a_clear_error(s3_server, cache):
 def test_serve_picks_the_latest_policy_of_a_local_or_stored_run(tmp_path, s3_bucket, cache):
     from rlhf_ray import config
     from rlhf_ray.config import PipelineConfig
-    from rlhf_ray.serve import resolve_models
+    from rlhf_ray.serve.app import resolve_models
 
     local = config.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
     assert resolve_models(local) == (f"{tmp_path}/sft/model", f"{tmp_path}/rm/model")

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from rlhf_ray import categories, config, rewards, tasks
+from rlhf_ray import config, tasks
+from rlhf_ray.core import rewards
+from rlhf_ray.tasks import categories
 
 
 def read(path):

@@ -67,7 +67,7 @@ class VLLMBackend:
     """A local judge model in a vLLM engine, greedy."""
 
     def __init__(self, model: str, max_tokens: int = 256, max_model_len: int = 4096, gpu_memory_utilization: float = 0.9):
-        from rlhf_ray.generate import load_llm
+        from rlhf_ray.engines.vllm_engine import load_llm
 
         from vllm import SamplingParams
 

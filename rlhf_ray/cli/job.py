@@ -9,8 +9,8 @@ from typing import Callable
 
 from rlhf_ray import cluster, config, storage, tracking
 from rlhf_ray.config import PipelineConfig
-from rlhf_ray.generate import EngineFailed
-from rlhf_ray.schema import BadRecord
+from rlhf_ray.engines.actor_pool import EngineFailed
+from rlhf_ray.core.schema import BadRecord
 
 
 def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: list[str]) -> int:

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from rlhf_ray import selection, stats
+from rlhf_ray.core import selection, stats
 
 # RewardBench's subsets by section (its paper, Table 1); other subsets roll up under "other".
 SECTIONS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_ray.chat import IGNORE_INDEX
+from rlhf_ray.core.chat import IGNORE_INDEX
 
 
 def sft_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -97,3 +97,9 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float
     """Fraction of pairs the model orders correctly; ties count half."""
     diff = r_chosen - r_rejected
     return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
+
+
+def last_token_index(attention_mask):
+    """Index of each row's last real token, whichever side the padding is on."""
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return (positions * attention_mask).argmax(dim=1)

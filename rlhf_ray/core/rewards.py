@@ -83,7 +83,7 @@ def load(spec: str) -> RewardFn:
     """``module:callable`` → the function; errors name the spec."""
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
-        raise ValueError(f"reward function {spec!r}: expected module:callable, e.g. rlhf_ray.rewards:final_number")
+        raise ValueError(f"reward function {spec!r}: expected module:callable, e.g. rlhf_ray.core.rewards:final_number")
     try:
         fn = getattr(importlib.import_module(module), name)
     except ImportError as e:

@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray import chat, evaluation, losses, models
-from rlhf_ray.chat import IGNORE_INDEX
-from rlhf_ray.schema import BadRecord
+from rlhf_ray.core import chat, evaluation, losses
+from rlhf_ray.core.chat import IGNORE_INDEX
+from rlhf_ray.core.schema import BadRecord
 
 
 # ---------------------------------------------------------------- text → tokens
@@ -205,7 +205,7 @@ def _ranking_records(out, batch) -> list:
 
 def _outcome_records(out, batch) -> list:
     # The logit at the last completion token: the score the scorer and eval_rm read too.
-    last = models.last_token_index(batch["completion_mask"])
+    last = losses.last_token_index(batch["completion_mask"])
     scores = out[torch.arange(out.size(0), device=out.device), last, 0]
     return list(zip(scores.tolist(), batch["label"].tolist()))
 
@@ -339,59 +339,3 @@ def loss(objective: str, out: torch.Tensor, batch: dict, center_coef: float = 0.
     o = OBJECTIVES[objective]
     n = o.units(batch)
     return o.loss(out, batch, center_coef) * n, torch.tensor(n)
-
-
-class RewardModel(torch.nn.Module):
-    """The whole reward computation as one module: ``forward(input_ids, attention_mask)`` returns one reward
-    per sequence (``scalar`` heads: decoders read their head at the last real token, encoders pool the mean
-    of their token states, or [CLS] when their config says so) or the head's logits per token (``token``,
-    ``prm3``), in float32.
-
-    DDP and FSDP2 hook a module's ``forward``: reading the backbone's pieces around it (as mean pooling and
-    last-token reads must) would skip the gradient all-reduce and FSDP's unsharding. Training, held-out
-    evaluation, scoring and serving all call this one module.
-    """
-
-    def __init__(self, backbone, head: str):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.config = backbone.config
-        # FSDP2 shards these blocks one by one (``train.loop.shard_model``).
-        self._no_split_modules = list(getattr(backbone, "_no_split_modules", None) or [])
-        self.pooling = None
-        if head == "scalar" and not hasattr(backbone, "score"):
-            self.pooling = getattr(backbone.config, "rlhf_ray_pooling", "cls")
-        pooler = getattr(backbone.base_model, "pooler", None)
-        if self.pooling == "mean" and pooler is not None:
-            # Mean pooling never reads it: frozen, or DDP waits for gradients that never come.
-            pooler.requires_grad_(False)
-
-    def forward(self, input_ids, attention_mask):
-        b = self.backbone
-        if self.head != "scalar":
-            return b(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        if self.pooling == "cls":
-            return b(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        hidden = b.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "mean":
-            mask = attention_mask[..., None].to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            return b.classifier(b.dropout(pooled))[:, 0].float()
-        last = hidden[torch.arange(hidden.size(0), device=hidden.device), models.last_token_index(attention_mask)]
-        return b.score(last)[:, 0].float()
-
-    def get_input_embeddings(self):
-        return self.backbone.get_input_embeddings()
-
-    def save_pretrained(self, path, state_dict=None, **kwargs):
-        """The backbone's HF folder (what transformers and vLLM load); a ``state_dict`` of this module, as
-        gathered from DDP or FSDP, is saved under the backbone's own names."""
-        if state_dict is not None:
-            state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
-        self.backbone.save_pretrained(path, state_dict=state_dict, **kwargs)
-
-
-def load_model(name: str, objective: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
-    """The objective's head on the backbone ``name`` (``models.load_reward_model``), as a ``RewardModel``."""
-    head = OBJECTIVES[objective].head
-    return RewardModel(models.load_reward_model(name, head, tokenizer, dtype, trust_remote_code), head)

@@ -5,7 +5,8 @@ import argparse
 import sys
 from itertools import islice
 
-from rlhf_ray import chat, data, models
+from rlhf_ray import data, models
+from rlhf_ray.core import chat
 
 
 def _conversations(args):

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
-from rlhf_ray import models, objectives
-from rlhf_ray.generate import EngineError, memory_share, replace_actor
+from rlhf_ray import models
+from rlhf_ray.core import objectives
+from rlhf_ray.engines.actor_pool import EngineError, PoolActor, check_gpus, objects
+from rlhf_ray.engines.vllm_engine import memory_share
 
 
 class Scorer(Protocol):
@@ -46,7 +47,7 @@ class RewardScorer:
         self.device = torch.device(device or actor_device())
         self.tokenizer = models.chat_tokenizer(model_dir)
         self.objective = objectives.for_checkpoint(AutoConfig.from_pretrained(models.local_path(model_dir)))
-        self.model = objectives.load_model(model_dir, self.objective, self.tokenizer, dtype).to(self.device).eval()
+        self.model = models.load_reward_model(model_dir, self.objective, self.tokenizer, dtype).to(self.device).eval()
         self.template, self.max_len, self.batch_size, self.prm_reduce = template, max_len, batch_size, prm_reduce
         self.padding = self.real = 0
 
@@ -103,7 +104,7 @@ class VLLMRewardScorer:
                  gpu_memory_utilization: float = 0.9):
         from transformers import AutoConfig
 
-        from rlhf_ray.generate import load_llm
+        from rlhf_ray.engines.vllm_engine import load_llm
 
         cfg = AutoConfig.from_pretrained(models.local_path(model_dir))
         if getattr(cfg, "rlhf_ray_pooling", None) == "mean" or not (cfg.architectures or [""])[0].endswith(
@@ -131,11 +132,11 @@ class VLLMRewardScorer:
 
 
 class FunctionScorer:
-    """A rule-based reward (``rlhf_ray.rewards`` or a user's ``module:callable``) on each candidate's text,
+    """A rule-based reward (``rlhf_ray.core.rewards`` or a user's ``module:callable``) on each candidate's text,
     given the candidate's row (its gold ``answer`` and other prompt columns)."""
 
     def __init__(self, function: str):
-        from rlhf_ray import rewards
+        from rlhf_ray.core import rewards
 
         self.spec, self.fn = function, rewards.load(function)
         self.padding = self.real = 0  # no tokens: the padding report reads zero
@@ -167,7 +168,7 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
     if kind == "vllm":
         return VLLMRewardScorer(model_dir, template, max_len, dtype, gpu_memory_utilization)
     if kind == "judge":
-        from rlhf_ray import judge as j
+        from rlhf_ray.engines import judge as j
 
         jc = judge or {}
         if jc.get("base_url"):
@@ -181,12 +182,10 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
     raise ValueError(f"unknown scorer {kind!r} (rm, vllm, judge, function)")
 
 
-def check_gpus(s) -> None:
+def check_score_gpus(s) -> None:
     """The ``score`` section's GPU request against the installed vLLM build, for the scorers that run vLLM."""
-    from rlhf_ray import generate
-
     if s.scorer == "vllm" or (s.scorer == "judge" and not s.judge.base_url):
-        generate.check_gpus("score.gpus_per_actor", s.gpus_per_actor)
+        check_gpus("score.gpus_per_actor", s.gpus_per_actor)
 
 
 def as_messages(completion) -> list[dict]:
@@ -196,38 +195,24 @@ def as_messages(completion) -> list[dict]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in completion]
 
 
-class _ScoreActor:
+class _ScoreActor(PoolActor):
     def __init__(self, failures: str = "", restarts: int = 0, progress=None, **kwargs):
-        self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
-        self.progress = progress  # a progress.Counter actor, or None
+        super().__init__(failures, restarts, progress)
         self.scorer = make_scorer(**kwargs)
 
-    def __call__(self, batch: dict) -> dict:
+    def work(self, batch: dict) -> tuple[dict, int]:
         prompts = [as_messages(p) for p in batch["prompt"]]
         completions = [as_messages(c) for c in batch["completion"]]
         before = (self.scorer.real, self.scorer.padding)
-        try:
-            rewards = self.scorer.score(prompts, completions, batch)
-        except EngineError as e:
-            if not self.failures:
-                raise
-            replace_actor(self.failures, self.restarts, e.__cause__ or e)
+        rewards = self.scorer.score(prompts, completions, batch)
         # Token counts of this call, so that the job can report the padding fraction.
         real, pad = self.scorer.real - before[0], self.scorer.padding - before[1]
         # Plain message lists: numpy arrays of dicts would not convert back to Arrow structs.
-        plain = {"prompt": _objects(prompts)}
+        plain = {"prompt": objects(prompts)}
         if len(batch["completion"]) and not isinstance(batch["completion"][0], str):
-            plain["completion"] = _objects(completions)
-        if self.progress is not None:
-            self.progress.add.remote(len(rewards))
+            plain["completion"] = objects(completions)
         return {**batch, **plain, "reward": rewards, "score_tokens": _spread(real, len(rewards)),
-                "score_padding": _spread(pad, len(rewards))}
-
-
-def _objects(values: list) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
+                "score_padding": _spread(pad, len(rewards))}, len(rewards)
 
 
 def _spread(total: int, n: int) -> list[int]:

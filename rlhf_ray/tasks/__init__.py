@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from rlhf_ray import arithmetic, categories
+from rlhf_ray.tasks import arithmetic, categories
 
 # A problem is (question, gold answer); a task draws problems, writes a chosen answer and a rejected one.
 Problem = tuple[str, "int | str"]
@@ -59,11 +59,10 @@ def write_task(out_dir: str | Path, sizes: dict[str, int], draw: Callable[[rando
     return paths
 
 
-def task_files(task, run_dir: str | Path) -> dict[str, str]:
-    """The files of a configured task (``TaskConfig``), written under RUN_DIR/data."""
+def task_files(task, out: str | Path) -> dict[str, str]:
+    """The files of a configured task (``TaskConfig``), written into ``out`` (a run's ``data`` folder)."""
     sizes = {"sft": task.sft_rows, "rm": task.rm_rows or task.sft_rows, "prompts": task.prompt_rows,
              "eval": task.eval_rows}
-    out = Path(run_dir) / "data"
     if task.name == "arithmetic":
         lo, hi = task.operands
         return write_task(out, sizes, lambda rng: arithmetic.problem(rng, (lo, hi)), arithmetic.solution,
