@@ -23,9 +23,9 @@ CHILD = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
 from rlhf_ray.stages import generation
-from rlhf_ray import config
+from rlhf_ray import config_load
 from rlhf_ray.config import PipelineConfig
-cfg = config.load(PipelineConfig, None, {overrides!r})
+cfg = config_load.load(PipelineConfig, None, {overrides!r})
 start = time.perf_counter()
 generation.run(cfg)
 print("RESULT", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - start)

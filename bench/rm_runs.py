@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
-from rlhf_ray import config, manifest  # noqa: E402
+from rlhf_ray import config_load, manifest  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 from rlhf_ray.stages import reward_model, rm_eval  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> None:
     out = common.machine()
     for name, (cfg_file, evals) in runs(args.bon_limit).items():
         run_dir = Path(args.run_dir).resolve() / name
-        cfg = config.load(PipelineConfig, ROOT / "jobs" / "configs" / cfg_file, [f"run_dir={run_dir}", *evals])
+        cfg = config_load.load(PipelineConfig, ROOT / "jobs" / "configs" / cfg_file, [f"run_dir={run_dir}", *evals])
         with common.timed() as t:
             reward_model.run(cfg)
         report = rm_eval.run(cfg)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray import config  # noqa: E402
+from rlhf_ray import config_load  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 30), (45, 17), (88, 11), (23, 59), (64, 36), (71, 28)]]
@@ -74,7 +74,7 @@ def main() -> None:
     from rlhf_ray.serve.app import build
 
     port = free_port()
-    cfg = config.load(PipelineConfig, None, ["serve.policy=default", "serve.reward_model=default-rm",
+    cfg = config_load.load(PipelineConfig, None, ["serve.policy=default", "serve.reward_model=default-rm",
                                              f"serve.port={port}", "serve.max_model_len=1024", "serve.max_prompt_tokens=512",
                                              "serve.scorer.num_cpus=1", "serve.generator.num_cpus=1"])
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
 
-from rlhf_ray import config, models  # noqa: E402
+from rlhf_ray import config_load, models  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 30), (45, 17), (88, 11), (23, 59), (64, 36), (71, 28)]]
@@ -113,7 +113,7 @@ def endpoint(args) -> dict:
     from rlhf_ray.serve.app import build
 
     port = free_port()
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         "serve.policy=default", "serve.reward_model=default-rm", f"serve.port={port}",
         f"serve.max_model_len={MAX_MODEL_LEN}", "serve.max_prompt_tokens=512", f"serve.max_candidates={args.n}",
         f"serve.max_ongoing_requests={max(args.concurrency)}", f"serve.max_queued_requests={max(args.concurrency)}",

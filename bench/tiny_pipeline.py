@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402  (bench/, the script's own folder)
-from rlhf_ray import config, manifest
+from rlhf_ray import config_load, manifest
 from rlhf_ray.core import evaluation, rewards, selection  # noqa: E402
 from rlhf_ray.config import PipelineConfig  # noqa: E402
 from rlhf_ray.stages import pipeline, reward_model, scoring  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(common.RESULTS / "tiny_pipeline_results.json"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg = config.load(PipelineConfig, ROOT / "jobs" / "configs" / "tiny.yaml", [f"run_dir={args.run_dir}", *args.overrides])
+    cfg = config_load.load(PipelineConfig, ROOT / "jobs" / "configs" / "tiny.yaml", [f"run_dir={args.run_dir}", *args.overrides])
     root = Path(cfg.run_dir)
     resumed = (root / "sft" / "manifest.json").exists()
     with common.timed() as t:

@@ -1,343 +1,66 @@
-"""Frozen dataclass configs loaded from YAML with ``key=value`` overrides.
-
-Unknown keys and wrong types are errors that name the key. Nested sections use dotted keys on the
-command line (``train.lr=1e-5``); override values are parsed as YAML scalars.
+"""The configuration: one frozen dataclass per section, each beside the rules its values must keep
+(``RULES``: per key; ``problems()``: between its keys). ``config_load`` reads YAML and ``key=value``
+overrides into these, checks every section and makes paths absolute; a bad value is one line naming its key.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
-import re
-import types
-import typing
-from pathlib import Path
-from typing import Any, Literal, Sequence
-
-import yaml
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from rlhf_ray import tasks
 
 
 class ConfigError(ValueError):
     pass
 
 
-def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), base: str | Path | None = None):
-    """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides, with every relative path
-    in it made absolute against ``base`` (default: the current directory, where the job started)."""
-    data: dict = {}
-    source = "overrides"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    cfg = absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
-    if isinstance(cfg, PipelineConfig):
-        cfg = task_checkers(cfg, source)
-        _check_paths(cfg, source)
-    return cfg
+def _path(kind: str):
+    """A field's ``metadata["path"]`` says how its value names a file: "file" (a path or glob), "model" (a
+    folder, or a keyword / hub id left as it is) or "template" (a built-in name or a .jinja file)."""
+    return {"path": kind}
 
 
-def _check_paths(cfg: "PipelineConfig", where: str) -> None:
-    """The run folder can be made and the starting models exist, before any stage starts."""
-    run_dir = Path(cfg.run_dir)
-    if "://" not in cfg.run_dir:
-        for parent in [run_dir, *run_dir.parents]:
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError(f"{where}: run_dir={cfg.run_dir}: {parent} is a file, not a folder")
-    for key, name in (("policy.name", cfg.policy.name), ("reward.model.name", cfg.reward.model.name)):
-        if os.path.isabs(name) and not (Path(name).is_dir() and any(Path(name).glob("*.safetensors"))):
-            what = "holds no *.safetensors" if Path(name).is_dir() else "does not exist"
-            raise ConfigError(f"{where}: {key}={name}: the folder {what} (use default, a hub id, or a Hugging Face "
-                              f"model folder with safetensors)")
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = data
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: {p} is not a section")
-    node[last] = value
-
-
-def build(cls, data: dict, where: str = "config", prefix: str = ""):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
-            # A partial section keeps the section's own defaults (RM training differs from SFT's).
-            value = _merge(dataclasses.asdict(f.default_factory()), value)
-        kwargs[name] = _coerce(hints[name], value, where, prefix + name)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where}: missing required key '{prefix}{missing[0]}'")
-    built = cls(**kwargs)
-    _check(built, where, prefix)
-    return built
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
-def _coerce(tp, value, where: str, key: str):
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key} must be a section (mapping), got {value!r}")
-        return build(tp, value, where, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, where, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {key} must be one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if args and args[-1] is not Ellipsis and len(value) != len(args):  # tuple[int, int]: exactly two
-            raise ConfigError(f"{where}: {key} must be a list of {len(args)}, got {list(value)!r}")
-        (item,) = args[:1] or (Any,)
-        return tuple(_coerce(item, v, where, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # PyYAML (YAML 1.1) reads 3e-3 as a string; any float spelling Python accepts is meant as one.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is dict and isinstance(value, dict):
-        return value
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-# ---------------------------------------------------------------- allowed values
+# ---------------------------------------------------------------- allowed values: (test, what it says)
 
 def _at_least(n):
     return (lambda v: v >= n, f"an integer >= {n}") if isinstance(n, int) else (lambda v: v >= n, f"a number >= {n}")
 
 
-_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-_FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
-# What each key allows, by its name wherever it appears (a section's own rule, "Class.key", wins). Checked
-# when the config loads, so a bad value is one line naming the key before Ray or vLLM start.
-_RULES: dict[str, tuple] = {
-    "lr": _POSITIVE, "max_grad_norm": _POSITIVE, "read_timeout_s": _POSITIVE, "cpus_per_worker": _POSITIVE, "target_ongoing_requests": _POSITIVE,
-    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"), "warmup_ratio": _FRACTION,
-    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: greedy)"),
-    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    **{k: _at_least(1) for k in ("epochs", "global_batch_size", "micro_batch_size", "max_seq_len", "num_workers", "n",
-                                 "max_tokens", "max_model_len", "rows_per_call", "calls_per_actor", "tensor_parallel",
-                                 "kv_cache_gb", "batch_size", "max_len", "pairs_per_prompt", "policy_samples", "n_boot",
-                                 "default_candidates", "max_candidates", "max_prompt_tokens", "log_every",
-                                 "max_ongoing_requests", "max_replicas", "score_max_len", "max_request_bytes",
-                                 "max_messages")},
-    **{k: _at_least(0) for k in ("max_steps", "checkpoint_every", "eval_every", "torch_threads", "trainable_layers",
-                                 "max_failures", "limit", "eval_rows", "rm_rows", "threads", "pairs_limit", "bon_limit",
-                                 "orm_limit", "eval_prompts", "rounds", "top_k", "max_queued_requests", "min_replicas",
-                                 "sft_rows", "prompt_rows", "engine_restarts")},
-    **{k: _at_least(0.0) for k in ("cpus_per_actor", "num_cpus")},
-    "EvalRMConfig.actors": _at_least(1),
-    "RMSamplesConfig.max_tokens": (lambda v: v >= 0, "an integer >= 0 (0: generate.max_tokens)"),
-    "ServeConfig.port": (lambda v: 0 < v < 65536, "a port number (1-65535)"),
-    "gpu_memory_utilization": (lambda v: 0 <= v <= 1, "a number in [0, 1] (0: derived from the GPUs reserved)"),
-    # Ray places a fraction of one GPU, or whole GPUs: never 1.5
-    **{k: (lambda v: v >= 0 and (v <= 1 or float(v).is_integer()), "a number >= 0, a fraction only up to 1")
-       for k in ("num_gpus", "gpus_per_actor")},
-}
+POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+AT_LEAST_0, AT_LEAST_1, CPUS = _at_least(0), _at_least(1), _at_least(0.0)
+TEMPERATURE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: greedy)")
+TOP_P = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+PORT = (lambda v: 0 < v < 65536, "a port number (1-65535)")
+MEMORY_SHARE = (lambda v: 0 <= v <= 1, "a number in [0, 1] (0: derived from the GPUs reserved)")
+# Ray places a fraction of one GPU, or whole GPUs: never 1.5
+GPUS = (lambda v: v >= 0 and (v <= 1 or float(v).is_integer()), "a number >= 0, a fraction only up to 1")
 
 
-def _relations(c) -> list[tuple[str, str]]:
-    """(key, what is wrong) for each broken relation between the keys of section ``c``."""
+def _batch_problems(t: "TrainConfig", s: "ScalingConfig") -> list[tuple[str, str]]:
+    per_step = t.micro_batch_size * s.num_workers
+    if t.global_batch_size % per_step:
+        return [("train.global_batch_size", f"{t.global_batch_size} must be a multiple of micro_batch_size "
+                                            f"x scaling.num_workers = {per_step}")]
+    return []
+
+
+def _actor_problems(actors: tuple[int, ...], gpus: float, what: str) -> list[tuple[str, str]]:
     out = []
-    for sub in ("train",):
-        t = getattr(c, sub, None)
-        if isinstance(t, TrainConfig) and isinstance(getattr(c, "scaling", None), ScalingConfig):
-            per_step = t.micro_batch_size * c.scaling.num_workers
-            if t.global_batch_size % per_step:
-                out.append(("train.global_batch_size", f"{t.global_batch_size} must be a multiple of micro_batch_size "
-                                                       f"x scaling.num_workers = {per_step}"))
-    if isinstance(c, (GenerateConfig, ScoreConfig)):
-        if len(c.actors) != 2 or not 1 <= c.actors[0] <= c.actors[1]:
-            out.append(("actors", f"{list(c.actors)} must be [min, max] with 1 <= min <= max"))
-    if isinstance(c, ModelConfig) and c.dtype != "float32":
-        out.append(("dtype", f"{c.dtype}: trained weights stay float32 (AdamW's updates of lr x weight vanish in "
-                              f"{c.dtype}); bfloat16 compute is train.bf16 (autocast on GPU): set dtype=float32"))
-    if isinstance(c, (GenerateConfig, ScoreConfig)) and c.gpus_per_actor > 1:
-        what = "per tensor-parallel rank (tensor_parallel sets the GPUs)" if isinstance(c, GenerateConfig) else \
-            "(one reward model per actor)"
-        out.append(("gpus_per_actor", f"{c.gpus_per_actor:g}: at most 1 {what}"))
-    if isinstance(c, GenerateConfig) and c.tensor_parallel > 1 and c.gpus_per_actor != 1:
-        out.append(("tensor_parallel", f"{c.tensor_parallel} needs whole GPUs per rank: gpus_per_actor=1 "
-                                       f"(got {c.gpus_per_actor:g})"))
-    if isinstance(c, ServeConfig) and c.tensor_parallel > 1 and c.generator.num_gpus != c.tensor_parallel:
-        out.append(("tensor_parallel", f"{c.tensor_parallel} needs generator.num_gpus={c.tensor_parallel} (whole GPUs, "
-                                       f"one per rank; got {c.generator.num_gpus:g})"))
-    if isinstance(c, GenerateConfig) and c.max_tokens >= c.max_model_len:
-        out.append(("max_tokens", f"{c.max_tokens} leaves no room for a prompt in max_model_len={c.max_model_len}"))
-    if isinstance(c, EvalConfig) and (not c.bon_n or min(c.bon_n) < 1):
-        out.append(("bon_n", f"{list(c.bon_n)} must be a non-empty list of N >= 1"))
-    if isinstance(c, EvalRMConfig) and (not c.bon_n or min(c.bon_n) < 1):
-        out.append(("bon_n", f"{list(c.bon_n)} must be a non-empty list of N >= 1"))
-    if isinstance(c, TaskConfig) and not 0 <= c.operands[0] <= c.operands[1]:
-        out.append(("operands", f"{list(c.operands)} must be [low, high] with 0 <= low <= high"))
-    if isinstance(c, TaskConfig) and not 2 <= c.options <= 10:
-        out.append(("options", f"{c.options} must be between 2 and 10"))
-    if isinstance(c, DeploymentConfig) and c.min_replicas > c.max_replicas:
-        out.append(("min_replicas", f"{c.min_replicas} is more than max_replicas={c.max_replicas}"))
-    if isinstance(c, ServeConfig):
-        if c.default_candidates > c.max_candidates:
-            out.append(("default_candidates", f"{c.default_candidates} is more than max_candidates={c.max_candidates}"))
-        if c.max_tokens + c.max_prompt_tokens > c.max_model_len:
-            out.append(("max_tokens", f"{c.max_tokens} + max_prompt_tokens={c.max_prompt_tokens} exceed "
-                                      f"max_model_len={c.max_model_len}"))
-    if isinstance(c, PipelineConfig) and not c.run_dir.strip():
-        out.append(("run_dir", "'' must name a folder (e.g. runs/tiny) or a storage URI"))
-    if isinstance(c, PipelineConfig) and c.task.name in TASK_CHECKERS:
-        # The other task's checker grades every answer 0: a run that says nothing, after an hour.
-        own, others = TASK_CHECKERS[c.task.name], set(TASK_CHECKERS.values()) - {TASK_CHECKERS[c.task.name]}
-        for key, value, own_data in (("eval.gold", c.eval.gold, not c.eval.prompts),
-                                     ("reward.samples.checker", c.reward.samples.checker, not c.reward.samples.prompts),
-                                     ("rs.rule_reward", c.rs.rule_reward, not c.generate.prompts)):
-            if own_data and value in others:
-                out.append((key, f"{value} does not grade task.name={c.task.name}: its checker is {own}"))
+    if len(actors) != 2 or not 1 <= actors[0] <= actors[1]:
+        out.append(("actors", f"{list(actors)} must be [min, max] with 1 <= min <= max"))
+    if gpus > 1:
+        out.append(("gpus_per_actor", f"{gpus:g}: at most 1 {what}"))
     return out
 
 
-TASK_CHECKERS = {"arithmetic": "rlhf_ray.core.rewards:final_number", "categories": "rlhf_ray.core.rewards:final_word"}
+def _bon_problems(bon_n: tuple[int, ...]) -> list[tuple[str, str]]:
+    return [] if bon_n and min(bon_n) >= 1 else [("bon_n", f"{list(bon_n)} must be a non-empty list of N >= 1")]
 
 
-def task_checkers(cfg: "PipelineConfig", where: str) -> "PipelineConfig":
-    """``task`` as a checker (eval.gold, reward.samples.checker, rs.rule_reward) names the generated
-    task's own, so that ``task.name`` alone switches a run between tasks."""
-    own = TASK_CHECKERS.get(cfg.task.name)
-
-    def pick(key: str, value: str) -> str:
-        if value != "task":
-            return value
-        if own is None:
-            raise ConfigError(f"{where}: {key}=task: task.name={cfg.task.name} generates no task to take the checker "
-                              f"from; name one (module:callable)")
-        return own
-
-    r = cfg.reward
-    return dataclasses.replace(
-        cfg, eval=dataclasses.replace(cfg.eval, gold=pick("eval.gold", cfg.eval.gold)),
-        reward=dataclasses.replace(r, samples=dataclasses.replace(
-            r.samples, checker=pick("reward.samples.checker", r.samples.checker))),
-        rs=dataclasses.replace(cfg.rs, rule_reward=pick("rs.rule_reward", cfg.rs.rule_reward)))
-
-
-def _check(c, where: str, prefix: str) -> None:
-    for f in dataclasses.fields(c):
-        rule = _RULES.get(f"{type(c).__name__}.{f.name}") or _RULES.get(f.name)
-        value = getattr(c, f.name)
-        if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
-            raise ConfigError(f"{where}: {prefix}{f.name}={value!r}: must be {rule[1]}")
-    broken = _relations(c)
-    if broken:
-        raise ConfigError(f"{where}: {prefix}{broken[0][0]}={broken[0][1]}")
-
-
-# ---------------------------------------------------------------- paths
-
-# A field's ``metadata["path"]`` says how its value names a file: "file" (a path or glob), "model" (a
-# folder, or a keyword / hub id left as it is) or "template" (a built-in name or a .jinja file).
-_KEYWORDS = {"model": {"default", "default-rm", "sft"}}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # gpt2, Qwen/Qwen2.5-0.5B
-
-
-def _path(kind: str):
-    return {"path": kind}
-
-
-def absolute_paths(cfg, base: Path):
-    """``cfg`` with every relative path made absolute against ``base``, so that Ray Train workers, Ray
-    Data actors and a ``ray job submit`` driver (whose working directory differs) read the same files.
-    Storage URIs, keywords (``default``, ``chatml``) and hub ids are left as they are."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            changes[f.name] = absolute_paths(value, base)
-        elif "path" in f.metadata and isinstance(value, tuple):
-            changes[f.name] = tuple(_absolute(v, f.metadata["path"], base) for v in value)
-        elif "path" in f.metadata and isinstance(value, str):
-            changes[f.name] = _absolute(value, f.metadata["path"], base)
-    return dataclasses.replace(cfg, **changes)
-
-
-def _absolute(value: str, kind: str, base: Path) -> str:
-    if not value or "://" in value or value in _KEYWORDS.get(kind, ()):
-        return value
-    if kind == "template" and not value.endswith(".jinja") and "/" not in value:
-        return value  # a template's name, not a file
-    p = base / Path(value).expanduser()  # an absolute path stays as it is
-    # A name that is no folder here but has a hub id's shape (name or org/name) stays a hub id.
-    if kind == "model" and not p.exists() and _HUB_ID.match(value):
-        return value
-    return os.path.normpath(p)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _json_default(o):
-    return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
-
-
-def plain(cfg):
-    """A config (or a dict of sections) as plain JSON values, as manifests record it."""
-    return json.loads(json.dumps(cfg, default=_json_default))
-
-
-def config_hash(cfg) -> str:
-    """Stable hash of a config's content, for manifests and resume checks."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- stage configs
+# ---------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
@@ -350,6 +73,12 @@ class ModelConfig:
     # bfloat16 compute is train.bf16 (autocast on GPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    def problems(self) -> list[tuple[str, str]]:
+        if self.dtype != "float32":
+            return [("dtype", f"{self.dtype}: trained weights stay float32 (AdamW's updates of lr x weight vanish in "
+                              f"{self.dtype}); bfloat16 compute is train.bf16 (autocast on GPU): set dtype=float32")]
+        return []
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -359,6 +88,8 @@ class DataConfig:
     eval_rows: int = 0                    # without eval files: hold out the last N rows of train
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_rows: Literal["error", "quarantine"] = "error"
+
+    RULES: ClassVar[dict] = {"eval_rows": AT_LEAST_0, "limit": AT_LEAST_0}
 
 
 @dataclass(frozen=True)
@@ -390,6 +121,12 @@ class TrainConfig:
     # blocks frozen: about half a step's cost on a CPU
     trainable_layers: int = 0
 
+    RULES: ClassVar[dict] = {"lr": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
+                             "max_grad_norm": POSITIVE, "epochs": AT_LEAST_1, "max_steps": AT_LEAST_0,
+                             "global_batch_size": AT_LEAST_1, "micro_batch_size": AT_LEAST_1,
+                             "max_seq_len": AT_LEAST_1, "checkpoint_every": AT_LEAST_0, "eval_every": AT_LEAST_0,
+                             "log_every": AT_LEAST_1, "torch_threads": AT_LEAST_0, "trainable_layers": AT_LEAST_0}
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
@@ -399,12 +136,17 @@ class ScalingConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2, each transformer block sharded over the workers
     max_failures: int = 0
 
+    RULES: ClassVar[dict] = {"num_workers": AT_LEAST_1, "cpus_per_worker": POSITIVE, "max_failures": AT_LEAST_0}
+
 
 @dataclass(frozen=True)
 class SFTConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _batch_problems(self.train, self.scaling)
 
 
 def _rm_model() -> "ModelConfig":
@@ -432,6 +174,10 @@ class RMSamplesConfig:
     eval_prompts: int = 32                # the last N prompts' samples are held out for the RM's eval
     seed: int = 0
 
+    RULES: ClassVar[dict] = {"limit": AT_LEAST_0, "n": AT_LEAST_1, "temperature": TEMPERATURE,
+                             "max_tokens": (lambda v: v >= 0, "an integer >= 0 (0: generate.max_tokens)"),
+                             "pairs_per_prompt": AT_LEAST_1, "eval_prompts": AT_LEAST_0}
+
 
 @dataclass(frozen=True)
 class RewardConfig:
@@ -444,6 +190,9 @@ class RewardConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=_rm_train)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _batch_problems(self.train, self.scaling)
 
 
 @dataclass(frozen=True)
@@ -466,11 +215,18 @@ class EvalRMConfig:
     gpus_per_actor: float = 0.0           # each scoring actor's share of a GPU (its reward model runs there)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    RULES: ClassVar[dict] = {"pairs_limit": AT_LEAST_0, "bon_limit": AT_LEAST_0, "orm_limit": AT_LEAST_0,
+                             "max_len": AT_LEAST_1, "batch_size": AT_LEAST_1, "actors": AT_LEAST_1,
+                             "threads": AT_LEAST_0, "gpus_per_actor": GPUS}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _bon_problems(self.bon_n)
+
 
 @dataclass(frozen=True)
 class TaskConfig:
     """A generated task with a programmatic gold reward; feeds stages whose data paths are empty."""
-    name: Literal["none", "arithmetic", "categories"] = "none"
+    name: str = "none"                    # none, or a generated task (tasks.TASKS: arithmetic, categories)
     sft_rows: int = 256                   # SFT conversations
     rm_rows: int = 0                      # reward-model problems (pairs, or prompts to sample); 0: sft_rows
     prompt_rows: int = 64                 # prompts for rejection sampling
@@ -478,6 +234,16 @@ class TaskConfig:
     operands: tuple[int, int] = (10, 99)  # arithmetic: both numbers of a problem are drawn from this range
     options: int = 4                      # categories: words offered per question, one of them right
     seed: int = 0
+
+    RULES: ClassVar[dict] = {"sft_rows": AT_LEAST_0, "rm_rows": AT_LEAST_0, "prompt_rows": AT_LEAST_0,
+                             "eval_rows": AT_LEAST_0}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.name == "none":
+            return []
+        if self.name not in tasks.TASKS:
+            return [("name", f"{self.name!r}: the generated tasks are {['none', *tasks.TASKS]}")]
+        return tasks.TASKS[self.name].check(self)
 
 
 @dataclass(frozen=True)
@@ -508,6 +274,23 @@ class GenerateConfig:
     threads: int = 0                      # CPU engines: torch threads (0: vLLM's choice, one unless OMP_NUM_THREADS is set)
     on_bad_rows: Literal["error", "quarantine"] = "quarantine"
 
+    RULES: ClassVar[dict] = {"limit": AT_LEAST_0, "n": AT_LEAST_1, "temperature": TEMPERATURE, "top_p": TOP_P,
+                             "max_tokens": AT_LEAST_1, "max_model_len": AT_LEAST_1, "cpus_per_actor": CPUS,
+                             "gpus_per_actor": GPUS, "tensor_parallel": AT_LEAST_1,
+                             "gpu_memory_utilization": MEMORY_SHARE, "rows_per_call": AT_LEAST_1,
+                             "calls_per_actor": AT_LEAST_1, "engine_restarts": AT_LEAST_0, "kv_cache_gb": AT_LEAST_1,
+                             "threads": AT_LEAST_0}
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = _actor_problems(self.actors, self.gpus_per_actor,
+                              "per tensor-parallel rank (tensor_parallel sets the GPUs)")
+        if self.tensor_parallel > 1 and self.gpus_per_actor != 1:
+            out.append(("tensor_parallel", f"{self.tensor_parallel} needs whole GPUs per rank: gpus_per_actor=1 "
+                                           f"(got {self.gpus_per_actor:g})"))
+        if self.max_tokens >= self.max_model_len:
+            out.append(("max_tokens", f"{self.max_tokens} leaves no room for a prompt in max_model_len={self.max_model_len}"))
+        return out
+
 
 @dataclass(frozen=True)
 class JudgeConfig:
@@ -516,6 +299,8 @@ class JudgeConfig:
     served_model: str = ""                # the endpoint's model name
     api_key_env: str = "OPENAI_API_KEY"   # the key is read from this variable, never from the config
     max_tokens: int = 256
+
+    RULES: ClassVar[dict] = {"max_tokens": AT_LEAST_1}
 
 
 @dataclass(frozen=True)
@@ -542,6 +327,13 @@ class ScoreConfig:
     prm_reduce: Literal["min", "mean"] = "min"  # a process RM's score: the min (or mean) over steps of P(step correct)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
+    RULES: ClassVar[dict] = {"max_len": AT_LEAST_1, "batch_size": AT_LEAST_1, "cpus_per_actor": CPUS,
+                             "gpus_per_actor": GPUS, "gpu_memory_utilization": MEMORY_SHARE,
+                             "engine_restarts": AT_LEAST_0, "rows_per_call": AT_LEAST_1, "threads": AT_LEAST_0}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _actor_problems(self.actors, self.gpus_per_actor, "(one reward model per actor)")
+
 
 def _rs_train() -> "TrainConfig":
     return TrainConfig(lr=1e-5, epochs=1, global_batch_size=32, micro_batch_size=8)
@@ -563,6 +355,11 @@ class RSConfig:
     train: TrainConfig = field(default_factory=_rs_train)   # SFT on the kept conversations
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
+    RULES: ClassVar[dict] = {"rounds": AT_LEAST_0, "top_k": AT_LEAST_0}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _batch_problems(self.train, self.scaling)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -575,6 +372,11 @@ class EvalConfig:
     greedy: bool = True                   # also one greedy (temperature 0) answer per prompt and policy
     n_boot: int = 10_000                  # bootstrap resamples of the confidence intervals
 
+    RULES: ClassVar[dict] = {"limit": AT_LEAST_0, "policy_samples": AT_LEAST_1, "n_boot": AT_LEAST_1}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _bon_problems(self.bon_n)
+
 
 @dataclass(frozen=True)
 class DeploymentConfig:
@@ -583,6 +385,14 @@ class DeploymentConfig:
     target_ongoing_requests: float = 2.0  # autoscaling target per replica
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+
+    RULES: ClassVar[dict] = {"min_replicas": AT_LEAST_0, "max_replicas": AT_LEAST_1,
+                             "target_ongoing_requests": POSITIVE, "num_cpus": CPUS, "num_gpus": GPUS}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.min_replicas > self.max_replicas:
+            return [("min_replicas", f"{self.min_replicas} is more than max_replicas={self.max_replicas}")]
+        return []
 
 
 def _ingress() -> "DeploymentConfig":
@@ -615,6 +425,26 @@ class ServeConfig:
     scorer: DeploymentConfig = field(default_factory=DeploymentConfig)
     ingress: DeploymentConfig = field(default_factory=_ingress)
 
+    RULES: ClassVar[dict] = {"port": PORT, "default_candidates": AT_LEAST_1, "max_candidates": AT_LEAST_1,
+                             "max_tokens": AT_LEAST_1, "max_prompt_tokens": AT_LEAST_1,
+                             "max_request_bytes": AT_LEAST_1, "max_messages": AT_LEAST_1,
+                             "max_model_len": AT_LEAST_1, "tensor_parallel": AT_LEAST_1,
+                             "gpu_memory_utilization": MEMORY_SHARE, "max_ongoing_requests": AT_LEAST_1,
+                             "max_queued_requests": AT_LEAST_0, "read_timeout_s": POSITIVE,
+                             "score_max_len": AT_LEAST_1}
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.tensor_parallel > 1 and self.generator.num_gpus != self.tensor_parallel:
+            out.append(("tensor_parallel", f"{self.tensor_parallel} needs generator.num_gpus={self.tensor_parallel} "
+                                           f"(whole GPUs, one per rank; got {self.generator.num_gpus:g})"))
+        if self.default_candidates > self.max_candidates:
+            out.append(("default_candidates", f"{self.default_candidates} is more than max_candidates={self.max_candidates}"))
+        if self.max_tokens + self.max_prompt_tokens > self.max_model_len:
+            out.append(("max_tokens", f"{self.max_tokens} + max_prompt_tokens={self.max_prompt_tokens} exceed "
+                                      f"max_model_len={self.max_model_len}"))
+        return out
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -642,3 +472,19 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.run_dir.strip():
+            out.append(("run_dir", "'' must name a folder (e.g. runs/tiny) or a storage URI"))
+        if self.task.name in tasks.TASKS:
+            # The other task's checker grades every answer 0: a run that says nothing, after an hour.
+            own = tasks.TASKS[self.task.name].checker
+            others = {t.checker for t in tasks.TASKS.values()} - {own}
+            for key, value, own_data in (("eval.gold", self.eval.gold, not self.eval.prompts),
+                                         ("reward.samples.checker", self.reward.samples.checker,
+                                          not self.reward.samples.prompts),
+                                         ("rs.rule_reward", self.rs.rule_reward, not self.generate.prompts)):
+                if own_data and value in others:
+                    out.append((key, f"{value} does not grade task.name={self.task.name}: its checker is {own}"))
+        return out

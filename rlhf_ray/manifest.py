@@ -8,7 +8,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from rlhf_ray import config
+from rlhf_ray import config_load
 
 MANIFEST = "manifest.json"
 ATTEMPT = "attempt.json"   # the config and inputs of the stage's latest start
@@ -81,7 +81,7 @@ class Stage:
 
     @property
     def config_hash(self) -> str:
-        return config.config_hash(self.section)
+        return config_load.config_hash(self.section)
 
     def up_to_date(self) -> bool:
         if not up_to_date(self.out, self.config_hash, self.inputs):
@@ -111,7 +111,7 @@ class Stage:
     def finish(self, counts: dict, **extra) -> dict:
         from rlhf_ray import tracking
 
-        section = config.plain(self.section)
+        section = config_load.plain(self.section)
         m = write(self.out, self.name, section, self.config_hash, self.inputs, counts,
                   seconds=round(time.time() - self.started, 1), **extra)
         tracking.log_stage(self.name, self.out, section, m)

@@ -7,7 +7,7 @@ import sys
 import traceback
 from typing import Callable
 
-from rlhf_ray import cluster, config, storage, tracking
+from rlhf_ray import cluster, config, config_load, storage, tracking
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.engines.actor_pool import EngineFailed
 from rlhf_ray.core.schema import BadRecord
@@ -21,7 +21,7 @@ def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: lis
         print(doc)
         return 2
     try:
-        cfg = config.load(PipelineConfig, argv[0], argv[1:])
+        cfg = config_load.load(PipelineConfig, argv[0], argv[1:])
         if storage.is_remote(cfg.run_dir):
             # Stages work in a node-local mirror; each finished stage is pushed back to storage.
             local = storage.mirror(cfg.run_dir)

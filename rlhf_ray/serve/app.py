@@ -73,6 +73,6 @@ def build(cfg: PipelineConfig):
 
 def app_builder(args: dict):
     """``import_path: rlhf_ray.serve.app:app_builder`` with ``args: {config: PATH, overrides: [key=value, ...]}``."""
-    from rlhf_ray import config
+    from rlhf_ray import config_load
 
-    return build(config.load(PipelineConfig, args.get("config"), args.get("overrides", [])))
+    return build(config_load.load(PipelineConfig, args.get("config"), args.get("overrides", [])))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import random
 
+from rlhf_ray.tasks.base import Task
+
 # Each word in one category only, so that a question has exactly one right answer.
 WORDS = {
     "fruit": "apple banana cherry grape lemon mango peach pear plum melon kiwi apricot".split(),
@@ -53,3 +55,11 @@ def wrong_solution(question: str, answer: str, rng: random.Random) -> str:
     """A rejected answer: one of the question's other words."""
     offered = question.split(": ", 1)[1].split("?")[0].split(", ")
     return solution(question, rng.choice([w for w in offered if w != answer]))
+
+
+def _check(task) -> list[tuple[str, str]]:
+    return [] if 2 <= task.options <= 10 else [("options", f"{task.options} must be between 2 and 10")]
+
+
+TASK = Task(problem=lambda rng, task: problem(rng, task.options), solution=solution, wrong=wrong_solution,
+            distinct=lambda task: distinct(task.options), checker="rlhf_ray.core.rewards:final_word", check=_check)

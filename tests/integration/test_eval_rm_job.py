@@ -4,7 +4,7 @@ import json
 import pytest
 
 from rlhf_ray.stages import rm_eval
-from rlhf_ray import config
+from rlhf_ray import config_load
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -17,7 +17,7 @@ def test_eval_rm_reports_subsets_bon_and_orm_auc(ray_cluster, shared_data, tmp_p
              "subset": "refusals-dangerous"},
             {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "my-own"}]
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "eval_rm.model_dir=default-rm", f"eval_rm.pairs=[{pairs}]",
         f"eval_rm.bon_file={shared_data / 'alpacaeval_bon16_tulu2dpo13b_compact.jsonl.gz'}",
         "eval_rm.bon_limit=6", "eval_rm.bon_n=[1,4]",

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from rlhf_ray.stages import generation, scoring
-from rlhf_ray import config, manifest, models, tasks
+from rlhf_ray import config, config_load, manifest, models, tasks
 from rlhf_ray.core import chat
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.engines.generator import VLLMGenerator
@@ -32,7 +32,7 @@ def write_prompts(path: Path, m: int, extra: list[str] = ()) -> Path:
 
 
 def pipeline_cfg(tmp_path, prompts, model, rm, *overrides):
-    return config.load(PipelineConfig, None, [
+    return config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", f"generate.prompts=[{prompts}]", f"generate.model_dir={model}",
         f"score.model_dir={rm}", *overrides])
 

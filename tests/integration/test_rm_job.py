@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from rlhf_ray.stages import reward_model
-from rlhf_ray import config, manifest
+from rlhf_ray import config, config_load, manifest
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 @pytest.mark.slow  # MiniLM on real HH pairs; the job's logic on tiny models: the tests below
 def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
-    cfg = config.load(PipelineConfig, "jobs/configs/rm-hh.yaml", [
+    cfg = config_load.load(PipelineConfig, "jobs/configs/rm-hh.yaml", [
         f"run_dir={tmp_path}", f"reward.data.train=[{shared_data / 'hh_harmless_test.jsonl.gz'}]",
         "reward.data.eval_rows=32", "reward.data.limit=64", "reward.train.max_seq_len=128"])
     model_dir = reward_model.run(cfg)
@@ -32,7 +32,7 @@ def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
 
 @pytest.mark.slow  # real GSM8K solutions; a token-head RM on a tiny model: test_a_process_rm_on_the_tiny_model...
 def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "reward.objective=orm",
         f"reward.data.train=[{shared_data / 'gsm8k_example_model_solutions.jsonl.gz'}]",
         "reward.data.adapter=gsm8k_solutions", "reward.data.limit=64", "reward.data.eval_rows=32",
@@ -47,7 +47,7 @@ def test_orm_on_gsm8k_solutions(ray_cluster, shared_data, tmp_path):
 def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir, tmp_path):
     from rlhf_ray.core import rewards
 
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "task.name=arithmetic", "task.sft_rows=0", "task.rm_rows=12", "task.prompt_rows=0",
         "task.eval_rows=0", "task.operands=[1,9]", "reward.source=policy_samples", "reward.samples.n=8", "reward.samples.pairs_per_prompt=2",
         "reward.samples.eval_prompts=3", "generate.max_tokens=32", "generate.max_model_len=256",
@@ -71,7 +71,7 @@ def test_bt_reward_model_on_the_policys_labelled_samples(ray_cluster, policy_dir
 
     # The checker must say correct or incorrect: a reward model is not trained on anything else.
     with pytest.raises(config.ConfigError, match="trains bt, margin or orm"):
-        reward_model.run(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
+        reward_model.run(config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "reward.source=policy_samples",
                                                         "reward.objective=kwise"]))
 
 
@@ -84,7 +84,7 @@ def test_a_process_rm_on_the_tiny_model_is_scored_and_evaluated(ray_cluster, sha
     from rlhf_ray.stages import rm_eval, scoring
 
     solutions = shared_data / "gsm8k_example_model_solutions.jsonl.gz"
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", "reward.objective=prm", f"reward.model.name={tiny_vllm_policy_dir}",
         f"reward.data.train=[{solutions}]", "reward.data.adapter=gsm8k_prm", "reward.data.limit=24",
         "reward.data.eval_rows=8", "reward.train.max_seq_len=384", "reward.train.global_batch_size=8",
@@ -101,7 +101,7 @@ def test_a_process_rm_on_the_tiny_model_is_scored_and_evaluated(ray_cluster, sha
                                            str(tmp_path / "candidates.parquet"), str(model_dir), tmp_path / "score"))
     assert len(scored) == 8 and np.isfinite(scored.reward).all() and ((0 <= scored.reward) & (scored.reward <= 1)).all()
 
-    report = rm_eval.run(config.load(PipelineConfig, None, [
+    report = rm_eval.run(config_load.load(PipelineConfig, None, [
         f"run_dir={tmp_path}", f"eval_rm.model_dir={model_dir}", f"eval_rm.orm=[{solutions}]", "eval_rm.orm_limit=16",
         "eval_rm.max_len=384"]))
     assert 0.0 <= report["orm_auc"] <= 1.0

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from rlhf_ray import config
+from rlhf_ray import config_load
 from rlhf_ray.config import PipelineConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -33,7 +33,7 @@ def endpoint(ray_cluster, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
     from rlhf_ray.serve.app import build
 
     port = free_port()
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}", f"serve.port={port}",
         "serve.max_candidates=8", "serve.max_tokens=64", "serve.max_prompt_tokens=400", "serve.max_model_len=512",
         "serve.max_ongoing_requests=1", "serve.max_queued_requests=1", "serve.scorer.num_cpus=0.5",

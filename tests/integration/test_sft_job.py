@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import config, manifest, tracking
+from rlhf_ray import config_load, manifest, tracking
 
 from rlhf_ray.cli import job
 from rlhf_ray.core import chat
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 def tiny_cfg(run_dir, policy, *extra):
-    return config.load(PipelineConfig, "jobs/configs/tiny.yaml", [
+    return config_load.load(PipelineConfig, "jobs/configs/tiny.yaml", [
         f"run_dir={run_dir}", f"policy.name={policy}", "sft.train.cpu_bf16=false", "sft.train.lr=3e-3",
         "sft.train.micro_batch_size=4", "sft.train.global_batch_size=8", "task.sft_rows=48", *extra])
 

@@ -118,10 +118,10 @@ def _storage_only(entry_config: str, overrides: list[str]):
     shipped in the image), since no volume holds them."""
     import dataclasses
 
-    from rlhf_ray import config
+    from rlhf_ray import config_load
     from rlhf_ray.config import PipelineConfig
 
-    cfg = config.load(PipelineConfig, ROOT / entry_config, overrides, base=ROOT)
+    cfg = config_load.load(PipelineConfig, ROOT / entry_config, overrides, base=ROOT)
     assert cfg.run_dir.startswith("s3://")
 
     def files(c, prefix=""):
@@ -171,10 +171,10 @@ def test_rayservice_manifest_carries_a_valid_serve_config():
     serve_cfg = ServeDeploySchema.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"]))
     args = serve_cfg.applications[0].args
     assert (ROOT / args["config"]).exists()
-    from rlhf_ray import config
+    from rlhf_ray import config_load
     from rlhf_ray.config import PipelineConfig
 
-    assert config.load(PipelineConfig, ROOT / args["config"], args["overrides"]).run_dir.startswith("s3://")
+    assert config_load.load(PipelineConfig, ROOT / args["config"], args["overrides"]).run_dir.startswith("s3://")
     _cluster_spec_ok(svc["spec"]["rayClusterConfig"])
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray import config
+from rlhf_ray import config_load
 from rlhf_ray.config import ConfigError, PipelineConfig
 
 
@@ -14,7 +14,7 @@ def write(tmp_path, text):
 
 def test_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "run_dir: out\nsft:\n  train:\n    lr: 1.0e-4\n    epochs: 2\n")
-    cfg = config.load(PipelineConfig, p, ["sft.train.epochs=3", "sft.data.train=[a.jsonl, b.jsonl]",
+    cfg = config_load.load(PipelineConfig, p, ["sft.train.epochs=3", "sft.data.train=[a.jsonl, b.jsonl]",
                                           "policy.template=chatml"], base=tmp_path)
     assert cfg.run_dir == str(tmp_path / "out") and cfg.sft.train.lr == 1e-4 and cfg.sft.train.epochs == 3
     assert cfg.sft.data.train == (str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))
@@ -26,43 +26,43 @@ def test_yaml_and_overrides(tmp_path):
 def test_unknown_key_is_an_error_that_names_it(tmp_path):
     p = write(tmp_path, "sft:\n  train:\n    learning_rate: 1\n")
     with pytest.raises(ConfigError, match=r"unknown key 'sft.train.learning_rate'"):
-        config.load(PipelineConfig, p)
+        config_load.load(PipelineConfig, p)
     with pytest.raises(ConfigError, match=r"unknown key 'sft.trian'"):
-        config.load(PipelineConfig, None, ["sft.trian.lr=1"])
+        config_load.load(PipelineConfig, None, ["sft.trian.lr=1"])
 
 
 def test_wrong_type_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"sft.train.epochs must be int, got 'two'"):
-        config.load(PipelineConfig, None, ["sft.train.epochs=two"])
+        config_load.load(PipelineConfig, None, ["sft.train.epochs=two"])
     with pytest.raises(ConfigError, match=r"sft.train.mask must be one of"):
-        config.load(PipelineConfig, None, ["sft.train.mask=everything"])
+        config_load.load(PipelineConfig, None, ["sft.train.mask=everything"])
     with pytest.raises(ConfigError, match=r"sft.train.packing must be bool"):
-        config.load(PipelineConfig, None, ["sft.train.packing=3"])
+        config_load.load(PipelineConfig, None, ["sft.train.packing=3"])
 
 
 def test_int_accepted_for_float_and_hash_changes_with_content():
-    a = config.load(PipelineConfig, None, ["sft.train.lr=1"])
-    b = config.load(PipelineConfig, None, ["sft.train.lr=2"])
-    assert a.sft.train.lr == 1.0 and config.config_hash(a) != config.config_hash(b)
-    assert config.config_hash(a) == config.config_hash(config.load(PipelineConfig, None, ["sft.train.lr=1.0"]))
+    a = config_load.load(PipelineConfig, None, ["sft.train.lr=1"])
+    b = config_load.load(PipelineConfig, None, ["sft.train.lr=2"])
+    assert a.sft.train.lr == 1.0 and config_load.config_hash(a) != config_load.config_hash(b)
+    assert config_load.config_hash(a) == config_load.config_hash(config_load.load(PipelineConfig, None, ["sft.train.lr=1.0"]))
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not key=value"):
-        config.load(PipelineConfig, None, ["epochs"])
+        config_load.load(PipelineConfig, None, ["epochs"])
     with pytest.raises(ConfigError, match="config file not found"):
-        config.load(PipelineConfig, tmp_path / "nope.yaml")
+        config_load.load(PipelineConfig, tmp_path / "nope.yaml")
 
 
 def test_exponent_floats_without_a_dot_are_floats(tmp_path):
     p = write(tmp_path, "sft:\n  train:\n    lr: 3e-3\n")
-    assert config.load(PipelineConfig, p, ["sft.train.warmup_ratio=1e-1"]).sft.train.lr == 0.003
+    assert config_load.load(PipelineConfig, p, ["sft.train.warmup_ratio=1e-1"]).sft.train.lr == 0.003
     with pytest.raises(ConfigError, match="sft.train.lr must be float"):
-        config.load(PipelineConfig, None, ["sft.train.lr=fast"])
+        config_load.load(PipelineConfig, None, ["sft.train.lr=fast"])
 
 
 def test_a_partial_section_keeps_that_sections_defaults():
-    cfg = config.load(PipelineConfig, None, ["reward.train.lr=1e-4"])
+    cfg = config_load.load(PipelineConfig, None, ["reward.train.lr=1e-4"])
     assert cfg.reward.train.lr == 1e-4 and cfg.reward.train.global_batch_size == 32   # RM default, not SFT's 256
     assert cfg.reward.model.name == "default-rm" and cfg.sft.train.global_batch_size == 256
 
@@ -71,7 +71,7 @@ def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkey
     (tmp_path / "models" / "mine").mkdir(parents=True)
     (tmp_path / "models" / "mine" / "model.safetensors").write_bytes(b"")  # a model folder, as far as loading checks
     monkeypatch.chdir(tmp_path)
-    cfg = config.load(PipelineConfig, None, [
+    cfg = config_load.load(PipelineConfig, None, [
         "run_dir=runs/tiny", "policy.name=models/mine", "reward.model.name=default-rm",
         "generate.model_dir=Qwen/Qwen2.5-0.5B", "score.model_dir=s3://bucket/rm", "policy.template=chatml",
         "reward.model.template=templates/my.jinja", "eval.prompts=[data/*.jsonl]", "serve.policy=sft",
@@ -87,13 +87,13 @@ def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkey
     assert cfg.reward.samples.prompts == (str(tmp_path.parent / "p.jsonl"),)
     # A worker or job driver elsewhere rebuilds the config from its dict: the paths stay as they are.
     monkeypatch.chdir("/")
-    again = config.absolute_paths(config.build(PipelineConfig, config.to_dict(cfg), "dict"), Path.cwd())
+    again = config_load.absolute_paths(config_load.build(PipelineConfig, config_load.to_dict(cfg), "dict"), Path.cwd())
     assert again == cfg
 
 
 def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
     # The README's serve command on the tiny config: Serve waits forever for CPUs that are not there.
-    s = config.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml").serve
+    s = config_load.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml").serve
     parts = (s.generator, s.scorer, s.ingress)
     assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
 
@@ -102,12 +102,12 @@ def test_an_endpoint_the_cluster_cannot_place_is_named_before_serve_waits_for_it
     from rlhf_ray.serve.app import unschedulable
 
     tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
-    assert unschedulable(config.load(PipelineConfig, tiny).serve, {"CPU": 2.0}) is None
-    s = config.load(PipelineConfig, tiny, ["serve.scorer.num_cpus=1", "serve.generator.min_replicas=1"]).serve
+    assert unschedulable(config_load.load(PipelineConfig, tiny).serve, {"CPU": 2.0}) is None
+    s = config_load.load(PipelineConfig, tiny, ["serve.scorer.num_cpus=1", "serve.generator.min_replicas=1"]).serve
     problem = unschedulable(s, {"CPU": 2.0})
     assert problem.startswith("the endpoint's deployments need 2.1 CPU (Generator 1, Scorer 1, BestOfN 0.1) "
                               "and this Ray cluster has 2: lower serve.generator.num_cpus or serve.scorer.num_cpus"), problem
-    gpu = config.load(PipelineConfig, tiny, ["serve.generator.num_gpus=1"]).serve
+    gpu = config_load.load(PipelineConfig, tiny, ["serve.generator.num_gpus=1"]).serve
     assert "need 1 GPU (Generator 1) and this Ray cluster has 0: lower serve.generator.num_gpus," in \
         unschedulable(gpu, {"CPU": 8.0})
 
@@ -152,7 +152,7 @@ BAD = [  # override → the key the one-line error must name
 
 
 def test_whole_gpus_for_tensor_parallel_load():
-    cfg = config.load(PipelineConfig, None, ["generate.tensor_parallel=4", "generate.gpus_per_actor=1",
+    cfg = config_load.load(PipelineConfig, None, ["generate.tensor_parallel=4", "generate.gpus_per_actor=1",
                                              "serve.tensor_parallel=2", "serve.generator.num_gpus=2"])
     assert cfg.generate.tensor_parallel == 4 and cfg.serve.generator.num_gpus == 2
 
@@ -186,7 +186,7 @@ def test_a_cuda_vllm_build_with_no_gpu_reserved_is_one_line(monkeypatch):
 
 
 def test_the_gpu_config_loads_and_trains_float32_masters_with_bf16_autocast():
-    cfg = config.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "gsm8k-gpu.yaml")
+    cfg = config_load.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "gsm8k-gpu.yaml")
     assert cfg.policy.dtype == cfg.reward.model.dtype == "float32"
     assert cfg.rs.train.bf16 and cfg.reward.train.bf16 and cfg.rs.scaling.use_gpu
 
@@ -194,7 +194,7 @@ def test_the_gpu_config_loads_and_trains_float32_masters_with_bf16_autocast():
 @pytest.mark.parametrize("override,named", BAD)
 def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, named):
     with pytest.raises(ConfigError) as e:
-        config.load(PipelineConfig, None, [override])
+        config_load.load(PipelineConfig, None, [override])
     message = str(e.value)
     assert named in message and "\n" not in message, message
 
@@ -202,14 +202,14 @@ def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, na
 def test_a_run_dir_below_a_file_and_a_model_folder_without_weights_are_named(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match=r"run_dir=.*/f/run: .*/f is a file, not a folder"):
-        config.load(PipelineConfig, None, [f"run_dir={tmp_path / 'f' / 'run'}"])
+        config_load.load(PipelineConfig, None, [f"run_dir={tmp_path / 'f' / 'run'}"])
     (tmp_path / "empty_model").mkdir()
     with pytest.raises(ConfigError, match="reward.model.name=.*holds no \\*.safetensors"):
-        config.load(PipelineConfig, None, [f"reward.model.name={tmp_path / 'empty_model'}"])
+        config_load.load(PipelineConfig, None, [f"reward.model.name={tmp_path / 'empty_model'}"])
 
 
 def test_values_at_the_edges_of_what_is_allowed_load():
-    cfg = config.load(PipelineConfig, None, ["generate.temperature=0", "generate.top_p=1", "sft.data.limit=0",
+    cfg = config_load.load(PipelineConfig, None, ["generate.temperature=0", "generate.top_p=1", "sft.data.limit=0",
                                              "rs.rounds=0", "reward.samples.max_tokens=0", "generate.actors=[1,3]",
                                              "sft.train.global_batch_size=16", "sft.train.micro_batch_size=8",
                                              "sft.scaling.num_workers=2", "generate.max_model_len=129"])
@@ -245,12 +245,42 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
 def test_task_checkers_follow_the_task_and_the_other_tasks_checker_is_refused():
     tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
     for name, checker in (("categories", "rlhf_ray.core.rewards:final_word"), ("arithmetic", "rlhf_ray.core.rewards:final_number")):
-        cfg = config.load(PipelineConfig, tiny, [f"task.name={name}"])
+        cfg = config_load.load(PipelineConfig, tiny, [f"task.name={name}"])
         assert cfg.eval.gold == cfg.reward.samples.checker == cfg.rs.rule_reward == checker
     with pytest.raises(ConfigError, match=r"eval.gold=rlhf_ray.core.rewards:final_word does not grade task.name=arithmetic: "
                                           r"its checker is rlhf_ray.core.rewards:final_number"):
-        config.load(PipelineConfig, tiny, ["task.name=arithmetic", "eval.gold=rlhf_ray.core.rewards:final_word"])
+        config_load.load(PipelineConfig, tiny, ["task.name=arithmetic", "eval.gold=rlhf_ray.core.rewards:final_word"])
     with pytest.raises(ConfigError, match=r"tiny.yaml: eval.gold=task: task.name=none generates no task"):
-        config.load(PipelineConfig, tiny, ["task.name=none"])
+        config_load.load(PipelineConfig, tiny, ["task.name=none"])
     ok = ["task.name=arithmetic", "reward.samples.checker=rlhf_ray.core.rewards:math_answer"]  # any checker but the other task's
-    assert config.load(PipelineConfig, tiny, ok).reward.samples.checker == "rlhf_ray.core.rewards:math_answer"
+    assert config_load.load(PipelineConfig, tiny, ok).reward.samples.checker == "rlhf_ray.core.rewards:math_answer"
+
+
+def test_every_section_rule_names_a_field_of_its_own_section():
+    # A rule keyed by a name the section does not have would never be checked.
+    import dataclasses
+
+    from rlhf_ray import config
+
+    sections = [c for c in vars(config).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    assert len(sections) >= 18
+    for section in sections:
+        fields = {f.name for f in dataclasses.fields(section)}
+        assert set(getattr(section, "RULES", {})) <= fields, section.__name__
+
+
+def test_a_task_is_one_registry_entry_the_config_takes_its_name_and_checker_from(monkeypatch):
+    import dataclasses
+
+    from rlhf_ray import tasks
+
+    echo = dataclasses.replace(tasks.TASKS["arithmetic"], checker="rlhf_ray.core.rewards:math_answer",
+                               check=lambda t: [("seed", "must be 7")] if t.seed != 7 else [])
+    monkeypatch.setitem(tasks.TASKS, "echo", echo)
+    own = ["task.name=echo", "eval.gold=task", "reward.samples.checker=task"]
+    cfg = config_load.load(PipelineConfig, None, [*own, "task.seed=7"])
+    assert cfg.eval.gold == cfg.reward.samples.checker == "rlhf_ray.core.rewards:math_answer"
+    with pytest.raises(ConfigError, match=r"task.seed=must be 7"):  # the task checks the keys it reads
+        config_load.load(PipelineConfig, None, own)
+    with pytest.raises(ConfigError, match=r"task.name='nope': the generated tasks are \['none', 'arithmetic'"):
+        config_load.load(PipelineConfig, None, ["task.name=nope"])

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf_ray.stages import rejection_sampling
-from rlhf_ray import config, manifest
+from rlhf_ray import config_load, manifest
 from rlhf_ray.config import PipelineConfig
 
 R = [[.7, .3, .5, .2], [.4, .8, .6, .5], [.9, .3, .4, .7], [.2, .5, .8, .6], [.5, .4, .3, .6]]
@@ -30,7 +30,7 @@ def kept(path):
 
 
 def test_top_per_prompt_keeps_the_books_picks_and_a_matched_random_set(tmp_path):
-    cfg = config.load(PipelineConfig, None, [])
+    cfg = config_load.load(PipelineConfig, None, [])
     paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path), tmp_path / "select")
     assert kept(paths["kept"]) == [("p1", "answer 1.1"), ("p2", "answer 2.2"), ("p3", "answer 3.1"),
                                    ("p4", "answer 4.3"), ("p5", "answer 5.4")]
@@ -46,7 +46,7 @@ def test_top_per_prompt_keeps_the_books_picks_and_a_matched_random_set(tmp_path)
 
 
 def test_top_k_overall_takes_prompt_3_twice_and_prompt_5_never(tmp_path):
-    cfg = config.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=5"])
+    cfg = config_load.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=5"])
     paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path), tmp_path / "select")
     assert kept(paths["kept"]) == [("p3", "answer 3.1"), ("p2", "answer 2.2"), ("p4", "answer 4.3"),
                                    ("p1", "answer 1.1"), ("p3", "answer 3.4")]
@@ -58,7 +58,7 @@ def test_duplicates_and_truncated_completions_are_not_kept(tmp_path):
     finish = [["stop"] * 4 for _ in range(5)]
     completions[1][2] = completions[1][1] = "same"   # p2's best (.8) duplicates its second best (.6)
     finish[2][0] = "length"                          # p3's best (.9) was cut at max_tokens
-    cfg = config.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=20"])
+    cfg = config_load.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=20"])
     paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path, completions=completions, finish=finish), tmp_path / "select")
     texts = [t for _, t in kept(paths["kept"])]
     assert texts.count("same") == 1 and "c20" not in texts and len(texts) == 18
@@ -69,7 +69,7 @@ def test_the_random_baseline_draws_repeated_answers_as_often_as_the_policy_sampl
     # repeats would take each half the time; the policy gives the repeated one 3 times in 4.
     rewards = [[.1, .2, .3, .4]] * 200
     completions = [["= 5."] * 3 + ["= 6."]] * 200
-    cfg = config.load(PipelineConfig, None, [])
+    cfg = config_load.load(PipelineConfig, None, [])
     paths = rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path, rewards, completions), tmp_path / "select")
     picks = [t for _, t in kept(paths["random"])]
     assert len(picks) == 200 and 0.65 < picks.count("= 5.") / 200 < 0.85

@@ -134,18 +134,18 @@ def test_an_unreachable_run_folder_is_a_clear_error(s3_server, cache):
 
 
 def test_serve_picks_the_latest_policy_of_a_local_or_stored_run(tmp_path, s3_bucket, cache):
-    from rlhf_ray import config
+    from rlhf_ray import config_load
     from rlhf_ray.config import PipelineConfig
     from rlhf_ray.serve.app import resolve_models
 
-    local = config.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
+    local = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
     assert resolve_models(local) == (f"{tmp_path}/sft/model", f"{tmp_path}/rm/model")
     rs = tmp_path / "rs" / "round1" / "top" / "sft" / "model"
     rs.mkdir(parents=True)
     assert resolve_models(local)[0] == str(rs)
 
     run = f"{s3_bucket}/run"
-    stored = config.load(PipelineConfig, None, [f"run_dir={run}"])
+    stored = config_load.load(PipelineConfig, None, [f"run_dir={run}"])
     assert resolve_models(stored) == (f"{run}/sft/model", f"{run}/rm/model")
     storage.write_text(f"{run}/rs/round1/top/sft/model/config.json", "{}")
     assert resolve_models(stored)[0] == f"{run}/rs/round1/top/sft/model"

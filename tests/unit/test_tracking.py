@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from rlhf_ray import config, manifest, tracking
+from rlhf_ray import config_load, manifest, tracking
 from rlhf_ray.config import PipelineConfig
 from wandb_offline import wandb_logged  # tests/
 
@@ -21,7 +21,7 @@ def finish_a_stage(run_dir):
 def test_a_job_run_holds_a_nested_run_per_stage_with_params_figures_curves_and_files(tmp_path):
     import mlflow
 
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}"])
     with tracking.job(cfg, "pipeline"):
         finish_a_stage(tmp_path)
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
@@ -38,7 +38,7 @@ def test_a_job_run_holds_a_nested_run_per_stage_with_params_figures_curves_and_f
 
 
 def test_an_unreachable_tracker_warns_once_and_the_job_goes_on(tmp_path):
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.uri=http://127.0.0.1:9"])
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.uri=http://127.0.0.1:9"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tracking.job(cfg, "pipeline"):
@@ -50,7 +50,7 @@ def test_an_unreachable_tracker_warns_once_and_the_job_goes_on(tmp_path):
 
 
 def test_tracking_off_writes_no_store(tmp_path):
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none"])
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none"])
     with tracking.job(cfg, "pipeline"):
         finish_a_stage(tmp_path)
     assert not (tmp_path / "mlruns").exists()
@@ -59,7 +59,7 @@ def test_tracking_off_writes_no_store(tmp_path):
 def test_wandb_offline_holds_each_stages_curve_on_its_own_step_axis_and_its_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=wandb"])
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=wandb"])
     with tracking.job(cfg, "pipeline"):
         finish_a_stage(tmp_path)
     history, summary = wandb_logged(tmp_path)
@@ -71,7 +71,7 @@ def test_wandb_offline_holds_each_stages_curve_on_its_own_step_axis_and_its_figu
 def test_tensorboard_event_files_hold_each_stages_curve_and_figures(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=tensorboard"])
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=tensorboard"])
     with tracking.job(cfg, "pipeline"):
         finish_a_stage(tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard" / "pipeline"))
@@ -84,7 +84,7 @@ def test_a_second_job_in_the_same_process_logs_into_its_own_run_folder(tmp_path)
     import mlflow
 
     for name in ("first", "second"):
-        cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path / name}"])
+        cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path / name}"])
         with tracking.job(cfg, name):
             finish_a_stage(tmp_path / name)
     for name in ("first", "second"):
@@ -94,7 +94,7 @@ def test_a_second_job_in_the_same_process_logs_into_its_own_run_folder(tmp_path)
 
 
 def test_each_trained_model_gets_its_own_hub_repo_named_after_its_stage(tmp_path):
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
                                              "tracking.push_to_hub=org/tiny"])
     with tracking.job(cfg, "pipeline"):
         assert tracking.hub_repo("org/tiny", tmp_path / "sft" / "model") == "org/tiny-sft"
@@ -106,11 +106,11 @@ def test_a_hub_that_cannot_be_reached_costs_a_warning_with_the_command_that_uplo
     model = tmp_path / "rm" / "model"
     model.mkdir(parents=True)
     (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
-    cfg = config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
+    cfg = config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none",
                                              "tracking.push_to_hub=org/tiny"])
     with tracking.job(cfg, "pipeline"), pytest.warns(UserWarning) as caught:
         assert tracking.push(model) is None
     assert len(caught) == 1
     assert f"upload it with: huggingface-cli upload org/tiny-rm {model}" in str(caught[0].message)
-    with tracking.job(config.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none"]), "pipeline"):
+    with tracking.job(config_load.load(PipelineConfig, None, [f"run_dir={tmp_path}", "tracking.backend=none"]), "pipeline"):
         assert tracking.push(model) is None  # no push_to_hub: nothing is tried
