@@ -3,6 +3,7 @@ and ends its process, Ray Data replaces it and retries its calls (none of whose 
 no row is lost or repeated; past the stage's limit the job stops with the engine's message."""
 from __future__ import annotations
 
+import abc
 import os
 import sys
 import threading
@@ -42,7 +43,7 @@ def replace_actor(failures: str, restarts: int, error: BaseException) -> None:
         os._exit(1)
 
 
-class PoolActor:
+class PoolActor(abc.ABC):
     """A Ray Data actor over one engine: ``work(batch)`` returns (output rows, units done); an
     ``EngineError`` replaces the actor (``replace_actor``) when the stage gave a ``failures`` folder, and
     each call counts its units into a ``progress.Counter`` actor when given one."""
@@ -51,8 +52,9 @@ class PoolActor:
         self.failures, self.restarts = failures, restarts  # where and how often a failed engine is replaced
         self.progress = progress
 
+    @abc.abstractmethod
     def work(self, batch: dict) -> tuple[dict, int]:
-        raise NotImplementedError
+        """(output columns, units done: prompts or candidates) for one batch."""
 
     def __call__(self, batch: dict) -> dict:
         try:
