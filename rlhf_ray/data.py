@@ -463,3 +463,8 @@ def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path |
     return tagged.filter(lambda r: r["reason"] is None).select_columns(keep).materialize(), n_bad
 
 
+def first_rows(files: list[str], kind: str, adapter: str | None, sample: int = 32) -> list:
+    """The first ``sample`` good records of ``files``, as read for training."""
+    from itertools import islice
+
+    return list(islice((r for f in files for r in parse_file(f, kind, adapter) if r.row is not None), sample))

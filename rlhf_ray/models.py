@@ -10,12 +10,13 @@ import functools
 import importlib.util
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from rlhf_ray import storage
-from rlhf_ray.core import losses, objectives
+from rlhf_ray.core import chat, losses, objectives
 
 DEFAULT_POLICY = "default"
 DEFAULT_RM = "default-rm"
@@ -103,8 +104,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 def chat_tokenizer(name: str, template: str | None = None, trust_remote_code: bool = False):
     """The tokenizer every stage renders chats with: ``load_tokenizer`` plus the special tokens of a
     built-in ``template``. Cached per process (one per Ray worker), so treat it as read-only."""
-    from rlhf_ray.core import chat
-
     tokenizer = load_tokenizer(name, trust_remote_code)
     chat.add_template_tokens(tokenizer, template)
     return tokenizer
@@ -228,3 +227,15 @@ def load_reward_model(name: str, objective: str, tokenizer, dtype: str = "float3
     """The ``objective``'s head (``core.objectives``) on the backbone ``name``, as a ``RewardModel``."""
     head = objectives.OBJECTIVES[objective].head
     return RewardModel(_reward_backbone(name, head, tokenizer, dtype, trust_remote_code), head)
+
+
+def check_template(model, mask: str, check: str, key: str, examples: list[tuple[str, list]]) -> None:
+    """The mask doctor on a ``config.ModelConfig``'s chat template with ``(file:line, messages)`` examples, before any training: a template that would
+    train the wrong tokens stops the job (``key``=warn: a warning), naming the template, the example and
+    the fix."""
+    problem = chat.preflight(examples, chat_tokenizer(model.name, model.template, model.trust_remote_code),
+                             model.template, mask)
+    if problem and check == "error":
+        raise chat.TemplateError(f"{problem} ({key}=warn goes on regardless)")
+    if problem:
+        warnings.warn(problem, stacklevel=2)

@@ -10,7 +10,7 @@ from rlhf_ray import cluster, config, data, manifest, model_card, models, storag
 from rlhf_ray.config import ModelConfig, PipelineConfig, RewardConfig
 from rlhf_ray.core import objectives
 from rlhf_ray.run_layout import MODEL, RunDir
-from rlhf_ray.stages import rm_data, sft
+from rlhf_ray.stages import rm_data
 
 
 def encode_dataset(rows, r: RewardConfig, quarantine: Path | None):
@@ -80,8 +80,8 @@ def train(r: RewardConfig, train_files: list[str], eval_files: list[str], out: P
         # A chat-model RM reads prompt + completion as one conversation whose final turn it scores: the
         # doctor's final-turn checks on the first rows, before any training. (Encoders without a
         # template, MiniLM, read plain "Role: content" text: objectives.texts.)
-        sft.check_template(r.model, "final_turn", r.train.template_check, "reward.train.template_check",
-                           [(f"{x.file}:{x.line}", c) for x in sft.first_rows(train_files, kind, adapter)
+        models.check_template(r.model, "final_turn", r.train.template_check, "reward.train.template_check",
+                           [(f"{x.file}:{x.line}", c) for x in data.first_rows(train_files, kind, adapter)
                             for c in conversations(x.row)])
     quarantine = st.begin()
 

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 
 from rlhf_ray import cluster, config, data, manifest, model_card, models, storage, tasks, tracking
-from rlhf_ray.core import chat
 from rlhf_ray.config import DataConfig, ModelConfig, PipelineConfig, ScalingConfig, SFTConfig, TrainConfig
 from rlhf_ray.run_layout import MODEL, RunDir, finetuned_model
 
@@ -21,25 +19,6 @@ def sft_inputs(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     raise config.ConfigError("sft.data.train is empty and no task is configured (task.name)")
 
 
-def check_template(model: ModelConfig, mask: str, check: str, key: str, examples: list[tuple[str, list]]) -> None:
-    """The mask doctor on ``(file:line, messages)`` examples, before any training: a template that would
-    train the wrong tokens stops the job (``key``=warn: a warning), naming the template, the example and
-    the fix."""
-    problem = chat.preflight(examples, models.chat_tokenizer(model.name, model.template, model.trust_remote_code),
-                             model.template, mask)
-    if problem and check == "error":
-        raise chat.TemplateError(f"{problem} ({key}=warn goes on regardless)")
-    if problem:
-        warnings.warn(problem, stacklevel=2)
-
-
-def first_rows(files: list[str], kind: str, adapter: str | None, sample: int = 32) -> list:
-    """The first ``sample`` good records of ``files``, as read for training."""
-    from itertools import islice
-
-    return list(islice((r for f in files for r in data.parse_file(f, kind, adapter) if r.row is not None), sample))
-
-
 def train(policy: ModelConfig, section: SFTConfig, train_files: list[str], eval_files: list[str], out: Path) -> Path:
     """Train ``out``/model from ``policy`` on the conversation files, as ``section`` says; returns the model
     folder (skipped when out's manifest matches, resumed when it was interrupted)."""
@@ -51,8 +30,8 @@ def train(policy: ModelConfig, section: SFTConfig, train_files: list[str], eval_
     if st.up_to_date():
         return out / MODEL
     d, t = section.data, section.train
-    check_template(policy, t.mask, t.template_check, "sft.train.template_check",
-                   [(f"{r.file}:{r.line}", r.row["messages"]) for r in first_rows(train_files, "sft", d.adapter)])
+    models.check_template(policy, t.mask, t.template_check, "sft.train.template_check",
+                   [(f"{r.file}:{r.line}", r.row["messages"]) for r in data.first_rows(train_files, "sft", d.adapter)])
     quarantine = st.begin()
 
     cluster.connect()

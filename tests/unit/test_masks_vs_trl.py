@@ -228,8 +228,9 @@ def test_trl_templates_are_accepted_by_name(smol_tokenizer):
 
 
 def test_the_reward_model_job_refuses_a_template_whose_final_turn_has_no_end_token(policy_dir, tmp_path):
+    from rlhf_ray import models
     from rlhf_ray.config import ModelConfig
-    from rlhf_ray.stages import reward_model, sft
+    from rlhf_ray.stages import reward_model
 
     plain = tmp_path / "plain.jinja"
     plain.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}")
@@ -238,7 +239,7 @@ def test_the_reward_model_job_refuses_a_template_whose_final_turn_has_no_end_tok
     model = ModelConfig(name=str(policy_dir), template=str(plain))
     with pytest.raises(chat.TemplateError, match=r"^pairs.jsonl:3: chat template .*plain.jinja with mask=final_turn: "
                                                  r"span .* \+ an end token; .*\(reward.train.template_check=warn"):
-        sft.check_template(model, "final_turn", "error", "reward.train.template_check", examples)
+        models.check_template(model, "final_turn", "error", "reward.train.template_check", examples)
     with pytest.warns(UserWarning, match="pairs.jsonl:3"):
-        sft.check_template(model, "final_turn", "warn", "reward.train.template_check", examples)
-    sft.check_template(ModelConfig(name=str(policy_dir)), "final_turn", "error", "reward.train.template_check", examples)
+        models.check_template(model, "final_turn", "warn", "reward.train.template_check", examples)
+    models.check_template(ModelConfig(name=str(policy_dir)), "final_turn", "error", "reward.train.template_check", examples)
