@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-CONFIG ?= jobs/configs/tiny.yaml
+CONFIG ?= rlhf_ray/configs/tiny.yaml
 
 .PHONY: setup run test test-e2e test-all test-unit gpu-check bench clean
 

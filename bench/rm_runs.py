@@ -1,6 +1,6 @@
 """The two reward models the README's RM configs train, trained and evaluated end to end: Bradley-Terry
-on HH-harmless (jobs/configs/rm-hh.yaml), then scored with the AlpacaEval best-of-16 protocol; the GSM8K
-outcome RM (jobs/configs/rm-gsm8k-orm.yaml), then its AUC on the held-out solutions.
+on HH-harmless (rlhf_ray/configs/rm-hh.yaml), then scored with the AlpacaEval best-of-16 protocol; the GSM8K
+outcome RM (rlhf_ray/configs/rm-gsm8k-orm.yaml), then its AUC on the held-out solutions.
 
     .venv/bin/python bench/rm_runs.py [--run-dir runs/bench-rm] [--bon-limit 200]
 
@@ -47,7 +47,7 @@ def main() -> None:
             reward_model.run(cfg)
         report = rm_eval.run(cfg)
         m = manifest.read(run_dir / "rm")
-        out[name] = {"config": f"jobs/configs/{cfg_file}", "overrides": evals, "train_seconds": round(t["seconds"], 1),
+        out[name] = {"config": f"rlhf_ray/configs/{cfg_file}", "overrides": evals, "train_seconds": round(t["seconds"], 1),
                      "counts": m["counts"], "held_out": m["held_out"],
                      "evaluation": {k: v for k, v in report.items() if k != "model_dir"}}
     common.write(args.out, out, {str(Path(args.run_dir).resolve()): "RUN_DIR", str(DATA): "../shared/data"})

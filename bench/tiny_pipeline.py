@@ -1,4 +1,4 @@
-"""The tiny pipeline (`make run`'s config, jobs/configs/tiny.yaml) end to end, measured: wall time,
+"""The tiny pipeline (`make run`'s config, rlhf_ray/configs/tiny.yaml) end to end, measured: wall time,
 the evaluation's results with their intervals, the selections, and the reward model trained on the
 SFT policy's labelled samples against one trained on the task's synthetic pairs (the other
 ``reward.source``), both scored on the same held-out SFT candidates.
@@ -66,7 +66,7 @@ def main() -> None:
               for m in sorted(root.rglob("manifest.json"))
               if not {"compare_synthetic_rm", "mlruns"} & set(m.parts)}  # mlruns: MLflow's copies of them
     out = {
-        "config": "jobs/configs/tiny.yaml", "overrides": args.overrides, **common.machine(),
+        "config": "rlhf_ray/configs/tiny.yaml", "overrides": args.overrides, **common.machine(),
         "pipeline_wall_clock_s": round(wall, 1), "resumed": resumed,
         "stage_seconds": stages, "stage_seconds_total": round(sum(v or 0 for v in stages.values()), 1),
         "results": results,

@@ -1,14 +1,13 @@
 """Reward-model evaluation: pairwise accuracy per subset (RewardBench format), the best-of-N protocol on
-the AlpacaEval candidates, and ORM AUC.
 
-    python jobs/eval_rm.py CONFIG [key=value ...]
+    python jobs/eval_rm.py CONFIG [key=value ...]      (the same as: rlhf-ray eval-rm CONFIG [key=value ...])
+    ray job submit --working-dir . -- python jobs/eval_rm.py CONFIG [key=value ...]
 
-Writes RUN_DIR/eval_rm/report.json and manifest.json.
+``python jobs/eval_rm.py --help``: what it writes and every config key it reads.
 """
 import sys
 
-from rlhf_ray.cli import job
-from rlhf_ray.stages import rm_eval
+from rlhf_ray.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(job.main("eval_rm", __doc__, rm_eval.run, sys.argv[1:]))
+    sys.exit(main(["eval-rm", *sys.argv[1:]]))

@@ -1,16 +1,13 @@
 """Evaluate policies on held-out prompts: sampled answers scored by the proxy (the reward model) and,
-where the prompts carry a gold answer, by the gold reward (``eval.gold``); one greedy answer per prompt
-(``eval.greedy``); the SFT policy's best-of-N curve; paired bootstrap intervals for every comparison.
 
-    python jobs/evaluate.py CONFIG [key=value ...]
+    python jobs/evaluate.py CONFIG [key=value ...]      (the same as: rlhf-ray evaluate CONFIG [key=value ...])
+    ray job submit --working-dir . -- python jobs/evaluate.py CONFIG [key=value ...]
 
-Writes RUN_DIR/eval/<policy>/ (sampled/{generate,score}, greedy/generate), RUN_DIR/eval/results.json
-and RUN_DIR/eval/per_prompt.json (each policy's per-prompt values, the bootstrap's input).
+``python jobs/evaluate.py --help``: what it writes and every config key it reads.
 """
 import sys
 
-from rlhf_ray.cli import job
-from rlhf_ray.stages import policy_eval
+from rlhf_ray.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(job.main("evaluate", __doc__, policy_eval.run, sys.argv[1:]))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

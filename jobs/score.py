@@ -1,15 +1,13 @@
-"""Score candidates with a reward model (or an LLM judge) in a Ray Data actor pool.
+"""Score candidates with a reward model, an LLM judge or a rule in a Ray Data actor pool.
 
-    python jobs/score.py CONFIG [key=value ...]
+    python jobs/score.py CONFIG [key=value ...]      (the same as: rlhf-ray score CONFIG [key=value ...])
+    ray job submit --working-dir . -- python jobs/score.py CONFIG [key=value ...]
 
-Reads score.candidates (default RUN_DIR/generate/candidates) and writes RUN_DIR/score/scored/ (the
-candidates + reward, score_tokens, score_padding) and manifest.json with scores/s and the padding
-fraction. A finished stage with the same config, candidates and model is skipped.
+``python jobs/score.py --help``: what it writes and every config key it reads.
 """
 import sys
 
-from rlhf_ray.cli import job
-from rlhf_ray.stages import scoring
+from rlhf_ray.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(job.main("score", __doc__, scoring.run, sys.argv[1:]))
+    sys.exit(main(["score", *sys.argv[1:]]))

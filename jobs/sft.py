@@ -1,16 +1,13 @@
 """Instruction tuning (SFT) on Ray Train.
 
-    python jobs/sft.py CONFIG [key=value ...]
-    ray job submit --working-dir . -- python jobs/sft.py jobs/configs/tiny.yaml
+    python jobs/sft.py CONFIG [key=value ...]      (the same as: rlhf-ray sft CONFIG [key=value ...])
+    ray job submit --working-dir . -- python jobs/sft.py CONFIG [key=value ...]
 
-Writes RUN_DIR/sft/: model/ (HF folder: safetensors, tokenizer, chat template), metrics.jsonl,
-quarantine.jsonl (bad rows, if any), manifest.json. A finished stage with the same config and inputs
-is skipped; an interrupted one resumes from its last checkpoint.
+``python jobs/sft.py --help``: what it writes and every config key it reads.
 """
 import sys
 
-from rlhf_ray.cli import job
-from rlhf_ray.stages import sft
+from rlhf_ray.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(job.main("sft", __doc__, sft.run, sys.argv[1:]))
+    sys.exit(main(["sft", *sys.argv[1:]]))

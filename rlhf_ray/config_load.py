@@ -25,12 +25,13 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), bas
     data: dict = {}
     source = "overrides"
     if path is not None:
+        path = config_path(path)
         source = str(path)
         try:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a config file") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -45,6 +46,22 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), bas
         cfg = task_checkers(cfg, source)
         _check_paths(cfg, source)
     return cfg
+
+
+def packaged() -> dict[str, Path]:
+    """The example configs shipped in the package, by name (``tiny`` is rlhf_ray/configs/tiny.yaml)."""
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file's path: ``path`` itself, or the example config of that name (``tiny``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    if str(path) in packaged():
+        return packaged()[str(path)]
+    raise ConfigError(f"config file not found: {path} (or an example config: {', '.join(packaged())})")
 
 
 def _check_paths(cfg: "PipelineConfig", where: str) -> None:
@@ -123,7 +140,7 @@ def _coerce(tp, value, where: str, key: str):
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+            value = [value]  # a scalar where a list is expected is a list of one (train=data.jsonl)
         args = typing.get_args(tp)
         if args and args[-1] is not Ellipsis and len(value) != len(args):  # tuple[int, int]: exactly two
             raise ConfigError(f"{where}: {key} must be a list of {len(args)}, got {list(value)!r}")

@@ -14,12 +14,13 @@ from rlhf_ray.core.schema import BadRecord
 
 
 def main(name: str, doc: str, run: Callable[[PipelineConfig], object], argv: list[str]) -> int:
-    """``--debug`` anywhere in ``argv`` prints the traceback of a user error too."""
+    """Load CONFIG [key=value ...] from ``argv``, run, and turn the outcome into an exit code; ``--help``
+    prints ``doc``, ``--debug`` anywhere in ``argv`` prints the traceback of a user error too."""
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv:
+    if not argv or argv[0] in ("-h", "--help"):
         print(doc)
-        return 2
+        return 0 if argv else 2
     try:
         cfg = config_load.load(PipelineConfig, argv[0], argv[1:])
         if storage.is_remote(cfg.run_dir):

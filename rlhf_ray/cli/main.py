@@ -1,11 +1,19 @@
-"""``rlhf-ray`` command line: inspect masks and templates before spending compute on them."""
+"""The ``rlhf-ray`` command: every stage (``rlhf-ray sft CONFIG [key=value ...]``), the example configs
+(``rlhf-ray config list | show | cp | reference``) and the mask tools (``doctor``, ``show-mask``)."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from itertools import islice
+from pathlib import Path
 
-from rlhf_ray import data, models
+import yaml
+
+from rlhf_ray import config_load, data, models
+from rlhf_ray.cli import job, reference
+from rlhf_ray.cli.stages import STAGES
+from rlhf_ray.config import PipelineConfig
 from rlhf_ray.core import chat
 
 
@@ -38,9 +46,49 @@ def doctor(args) -> int:
     return 0 if report.ok and not refused else 1
 
 
+def stage_help(command: str) -> str:
+    stage = STAGES[command]
+    return (f"usage: rlhf-ray {command} CONFIG [key=value ...] [--debug]\n"
+            f"       python jobs/{stage.job}.py CONFIG [key=value ...]   (also under ray job submit)\n\n"
+            f"CONFIG: a YAML file, or an example config by name ({', '.join(config_load.packaged())}).\n"
+            f"--debug: the traceback of a user error too.\n\n{stage.doc}\n\n"
+            f"Config keys it reads (override any as key=value; every key: rlhf-ray config reference):\n"
+            f"{reference.text(list(stage.sections))}")
+
+
+def config_command(args) -> int:
+    if args.action == "list":
+        for name, path in config_load.packaged().items():
+            print(f"{name:12s} {path}")
+    elif args.action == "show":
+        cfg = config_load.load(PipelineConfig, args.config, args.overrides)
+        print(yaml.safe_dump(config_load.plain(cfg), sort_keys=False), end="")
+    elif args.action == "cp":
+        target = Path(args.dest)
+        if target.exists():
+            raise ValueError(f"{target} exists; name a new file")
+        shutil.copyfile(config_load.config_path(args.config), target)
+        print(f"wrote {target}: edit it, then rlhf-ray pipeline {target}")
+    else:
+        print(reference.markdown(), end="")
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf-ray")
-    sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STAGES:  # CONFIG [key=value ...] as the jobs take them, --help included
+        stage = STAGES[argv[0]]
+        return job.main(stage.job, stage_help(argv[0]), stage.run, argv[1:])
+    parser = argparse.ArgumentParser(prog="rlhf-ray", epilog="rlhf-ray STAGE --help: what it does, writes and the config keys it reads.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, stage in STAGES.items():  # listed in --help; parsed above
+        sub.add_parser(name, help=" ".join(stage.doc.split("\n\n")[0].split()), add_help=False)
+    c = sub.add_parser("config", help="list, show (resolved), copy or document the configs")
+    c.add_argument("action", choices=["list", "show", "cp", "reference"])
+    c.add_argument("config", nargs="?", default="tiny", help="a YAML file or an example config's name (default tiny)")
+    c.add_argument("dest", nargs="?", help="cp: the new file")
+    c.add_argument("overrides", nargs="*", help="show: key=value overrides")
+    c.set_defaults(fn=config_command)
     for name, fn, help_ in (("show-mask", show_mask, "print conversations with trained tokens highlighted"),
                             ("doctor", doctor, "check a chat template's masks on conversations")):
         p = sub.add_parser(name, help=help_)
@@ -55,6 +103,10 @@ def main(argv=None) -> int:
         p.add_argument("--trust-remote-code", action="store_true")
         p.set_defaults(fn=fn)
     args = parser.parse_args(argv)
+    if args.command == "config" and args.action == "show" and args.dest:
+        args.overrides = [args.dest, *args.overrides]  # show CONFIG key=value ...: no destination
+    if args.command == "config" and args.action == "cp" and not args.dest:
+        parser.error("config cp NAME DEST: name the new file")
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as e:

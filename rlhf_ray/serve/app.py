@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
-from rlhf_ray import storage
+from rlhf_ray import cluster, storage
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.engines.actor_pool import check_gpus
 from rlhf_ray.engines.vllm_engine import memory_share
@@ -76,3 +77,23 @@ def app_builder(args: dict):
     from rlhf_ray import config_load
 
     return build(config_load.load(PipelineConfig, args.get("config"), args.get("overrides", [])))
+
+
+def run(cfg: PipelineConfig, blocking: bool = True):
+    """The endpoint on this job's Ray cluster (refused in one line when the cluster cannot place it and
+    cannot grow); blocks until stopped unless ``blocking`` is false."""
+    import ray
+    from ray import serve
+
+    cluster.connect()
+    problem = unschedulable(cfg.serve, ray.cluster_resources())
+    if problem and not os.environ.get("RAY_ADDRESS"):  # a cluster this job started never grows
+        raise ValueError(problem)
+    if problem:  # a cluster's autoscaler may still add the nodes
+        print(f"[serve] warning: {problem}", flush=True)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    handle = serve.run(build(cfg), name="best-of-n", route_prefix="/", blocking=False)
+    print(f"[serve] best-of-N on http://{cfg.serve.host}:{cfg.serve.port}/v1/chat/completions", flush=True)
+    while blocking:  # serve.run(blocking=True) also works, but this keeps the job's log quiet
+        time.sleep(3600)
+    return handle

@@ -150,7 +150,7 @@ def node_type_of_actors(c, class_part: str) -> set[str]:
 
 def job(c, script: str, *overrides, check=True, timeout=900) -> subprocess.CompletedProcess:
     env = {**c["env"], "RAY_ADDRESS": c["address"]}
-    out = subprocess.run([sys.executable, f"jobs/{script}", "jobs/configs/tiny.yaml", *overrides], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, f"jobs/{script}", "rlhf_ray/configs/tiny.yaml", *overrides], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=timeout)
     if check:
         assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
@@ -196,7 +196,7 @@ def test_training_generation_and_serving_demands_add_the_right_nodes_which_go_wh
     start = time.time()
     env = {**c["env"], "RAY_ADDRESS": c["address"]}
     serve_log = tmp_path / "serve.log"
-    server = subprocess.Popen([sys.executable, "jobs/serve_bon.py", "jobs/configs/tiny.yaml", *common,
+    server = subprocess.Popen([sys.executable, "jobs/serve_bon.py", "rlhf_ray/configs/tiny.yaml", *common,
                                f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}",
                                "serve.generator.num_gpus=1", "serve.generator.num_cpus=0.5", "serve.scorer.num_cpus=0.5",
                                f"serve.port={port}", "serve.max_tokens=8"],

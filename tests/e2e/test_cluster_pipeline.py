@@ -135,7 +135,7 @@ def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scor
                                                                                      s3_bucket):
     address, env = two_nodes
     run = f"{s3_bucket}/run"
-    entry = ["--", "python", "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={run}", *SMALL]
+    entry = ["--", "python", "jobs/pipeline.py", "rlhf_ray/configs/tiny.yaml", f"run_dir={run}", *SMALL]
     first = ray_job(env, "submit", f"--address={address}", "--submission-id=tiny-1", "--no-wait", "--working-dir", ".",
                     *entry)
     assert first.returncode == 0, first.stderr

@@ -35,7 +35,7 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # the session's cluster
-    job = subprocess.run([sys.executable, "jobs/pipeline.py", "jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}",
+    job = subprocess.run([sys.executable, "jobs/pipeline.py", "rlhf_ray/configs/tiny.yaml", f"run_dir={relative_run_dir}",
                           *SMALL], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-5000:]
     root = REPO / relative_run_dir
@@ -72,7 +72,7 @@ def test_pipeline_with_a_relative_run_dir_then_make_run(ray_cluster, relative_ru
     # `make run` as the README writes it, with CI's environment (no RAY_ADDRESS: it starts its own Ray).
     ci_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     ci_env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_AUTH_MODE="disabled")
-    config = " ".join(["jobs/configs/tiny.yaml", f"run_dir={relative_run_dir}", *SMALL])
+    config = " ".join(["rlhf_ray/configs/tiny.yaml", f"run_dir={relative_run_dir}", *SMALL])
     make = subprocess.run(["make", "run", f"CONFIG={config}"], cwd=REPO, env=ci_env, capture_output=True, text=True,
                           timeout=500)
     assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-5000:]

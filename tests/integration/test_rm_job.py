@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 @pytest.mark.slow  # MiniLM on real HH pairs; the job's logic on tiny models: the tests below
 def test_bt_reward_model_on_hh_pairs(ray_cluster, shared_data, tmp_path):
-    cfg = config_load.load(PipelineConfig, "jobs/configs/rm-hh.yaml", [
+    cfg = config_load.load(PipelineConfig, "rlhf_ray/configs/rm-hh.yaml", [
         f"run_dir={tmp_path}", f"reward.data.train=[{shared_data / 'hh_harmless_test.jsonl.gz'}]",
         "reward.data.eval_rows=32", "reward.data.limit=64", "reward.train.max_seq_len=128"])
     model_dir = reward_model.run(cfg)

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 def tiny_cfg(run_dir, policy, *extra):
-    return config_load.load(PipelineConfig, "jobs/configs/tiny.yaml", [
+    return config_load.load(PipelineConfig, "rlhf_ray/configs/tiny.yaml", [
         f"run_dir={run_dir}", f"policy.name={policy}", "sft.train.cpu_bf16=false", "sft.train.lr=3e-3",
         "sft.train.micro_batch_size=4", "sft.train.global_batch_size=8", "task.sft_rows=48", *extra])
 
@@ -135,7 +135,7 @@ def test_bad_rows_are_quarantined_and_counted(ray_cluster, tiny_policy_dir, tmp_
 def test_bad_rows_fail_the_job_with_file_line_and_field(ray_cluster, tiny_policy_dir, tmp_path, capsys):
     data = tmp_path / "convs.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "robot", "content": "Hi"}]}) + "\n")
-    rc = job.main("sft", "", sft.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+    rc = job.main("sft", "", sft.run, ["rlhf_ray/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=error"])
     assert rc == 1
     assert f"{data}:1: messages[0].role: unknown role 'robot'" in capsys.readouterr().err
@@ -146,7 +146,7 @@ def test_a_truncated_gzip_fails_the_job_in_one_line_naming_it_even_under_quarant
     data = tmp_path / "convs.jsonl.gz"
     good = json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
     data.write_bytes(gzip.compress((good + "\n").encode() * 40)[:-30])
-    rc = job.main("sft", "", sft.run, ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+    rc = job.main("sft", "", sft.run, ["rlhf_ray/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
                                        f"sft.data.train=[{data}]", "sft.data.on_bad_rows=quarantine"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"sft: {data}: cannot be read: EOFError") and len(err.strip().splitlines()) == 1, err
@@ -179,7 +179,7 @@ def test_a_template_that_would_train_the_wrong_tokens_stops_the_job_before_train
     dialog = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
               {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
     data.write_text(json.dumps({"messages": dialog}) + "\n")
-    argv = ["jobs/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
+    argv = ["rlhf_ray/configs/tiny.yaml", f"run_dir={tmp_path}", f"policy.name={tiny_policy_dir}",
             f"policy.template={qwen3}", f"sft.data.train=[{data}]"]
     assert job.main("sft", "", sft.run, argv) == 1
     err = capsys.readouterr().err
@@ -201,7 +201,7 @@ def test_a_row_the_template_would_mask_wrongly_is_refused_or_quarantined_whereve
              {"role": "user", "content": "4 + 4?"}, {"role": "assistant", "content": "8, of course."}]
     data = tmp_path / "convs.jsonl"
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [one] * 40 + [three] + [one] * 7))
-    argv = ["jobs/configs/tiny.yaml", f"run_dir={tmp_path / 'run'}", f"policy.name={tiny_policy_dir}",
+    argv = ["rlhf_ray/configs/tiny.yaml", f"run_dir={tmp_path / 'run'}", f"policy.name={tiny_policy_dir}",
             f"policy.template={qwen3}", f"sft.data.train=[{data}]", "sft.train.cpu_bf16=false",
             "sft.train.micro_batch_size=4", "sft.train.global_batch_size=8", "tracking.backend=none"]
     assert job.main("sft", "", sft.run, argv + ["sft.data.on_bad_rows=error"]) == 1

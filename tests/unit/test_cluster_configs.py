@@ -47,7 +47,7 @@ def test_the_launcher_runs_ray_in_the_python_the_package_requires():
     assert not cfg.get("initialization_commands")  # nothing installed into the host's Python
 
 
-@pytest.mark.parametrize("path", ["jobs/configs/serve-bon.yaml"])
+@pytest.mark.parametrize("path", ["rlhf_ray/configs/serve-bon.yaml"])
 def test_serve_config_validates_against_serves_schema(path):
     cfg = ServeDeploySchema.model_validate(load(path))
     assert cfg.http_options.host == "127.0.0.1"
