@@ -93,6 +93,14 @@ def best_of_n(rewards) -> int:
     return int(np.nanargmax(r))
 
 
+def ranked(rewards) -> list[int]:
+    """One prompt's candidates best first: the first is ``best_of_n``'s pick, ties keep their order and
+    unscored (NaN) candidates come last (the endpoint's top ``n`` choices)."""
+    best_of_n(rewards)  # the same contract
+    r = np.asarray(rewards, dtype=np.float64)
+    return sorted(range(len(r)), key=lambda i: (bool(np.isnan(r[i])), -r[i] if not np.isnan(r[i]) else 0.0, i))
+
+
 def dedup_mask(completions: list[list[str]]) -> np.ndarray:
     """True for the first occurrence of each completion text within its prompt; later copies False.
 

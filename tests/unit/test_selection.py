@@ -59,3 +59,13 @@ def test_reward_matrix_from_rows_in_any_order():
     assert np.isnan(r[0, 1:]).all() and np.isnan(r[1, [0, 2]]).all() and r[1, 1] == 2.0
     with pytest.raises(ValueError, match="appears twice"):
         selection.reward_matrix(["a", "a"], [0, 0], [1.0, 2.0])
+
+
+def test_ranked_puts_best_of_ns_pick_first_keeps_ties_in_order_and_nan_last():
+    from rlhf_ray.core import selection
+
+    rewards = [0.5, float("nan"), 2.0, 0.5, 2.0, -1.0]
+    order = selection.ranked(rewards)
+    assert order == [2, 4, 0, 3, 5, 1] and order[0] == selection.best_of_n(rewards)
+    with pytest.raises(ValueError):
+        selection.ranked([float("nan")])

@@ -92,8 +92,8 @@ def refused(f: Frontend, body, key=KEY, raw=None) -> ApiError:
 
 def test_the_best_candidate_is_answered_with_every_candidate_and_reward(tokenizer):
     f = front(tokenizer)
-    answer = ask(f, {"messages": ASK, "n": 4, "max_tokens": 12})
-    assert answer["choices"][0]["message"]["content"] == "dddd"
+    answer = ask(f, {"messages": ASK, "best_of": 4, "max_tokens": 12})
+    assert [c["message"]["content"] for c in answer["choices"]] == ["dddd"]
     assert answer["best_of_n"] == {"chosen_index": 3, "rewards": [1.0, 2.0, 3.0, 4.0],
                                    "candidates": ["a", "bb", "ccc", "dddd"]}
     (request,), = f.gen.generate.calls
@@ -104,6 +104,82 @@ def test_the_best_candidate_is_answered_with_every_candidate_and_reward(tokenize
                                "total_tokens": len(request["prompt_token_ids"]) + 10}
     assert f.scorer.score.calls == [(ASK, ["a", "bb", "ccc", "dddd"])]
     assert f.metrics.counted == [200] and f.metrics.observed == [(4, [1.0, 2.0, 3.0, 4.0])]
+
+
+def test_best_of_candidates_are_sampled_and_the_top_n_returned_best_first(tokenizer):
+    f = front(tokenizer)
+    top = ask(f, {"messages": ASK, "n": 2, "best_of": 5})
+    assert [c["message"]["content"] for c in top["choices"]] == ["dddd", "ccc"] and f.gen.generate.calls[-1][0]["n"] == 5
+    assert [c["index"] for c in top["choices"]] == [0, 1]
+    as_today = ask(f, {"messages": ASK, "n": 3})  # n alone: n candidates, the best first
+    assert as_today["choices"][0]["message"]["content"] == "ccc" and f.gen.generate.calls[-1][0]["n"] == 3
+    default = ask(f, {"messages": ASK})  # neither: serve.default_candidates, one choice
+    assert len(default["choices"]) == 1 and f.gen.generate.calls[-1][0]["n"] == LIMITS.default_candidates
+    e = refused(f, {"messages": ASK, "n": 3, "best_of": 2})
+    assert e.status == 400 and e.param == "n" and "n=3 is more than best_of=2" in e.message
+
+
+def test_sampling_fields_reach_the_engine_as_asked(tokenizer):
+    f = front(tokenizer)
+    ask(f, {"messages": ASK, "stop": "\n", "max_completion_tokens": 7, "max_tokens": 50, "presence_penalty": 0.5,
+            "frequency_penalty": -0.25, "logit_bias": {"17": -100}, "logprobs": True, "top_logprobs": 3,
+            "user": "u1", "metadata": {"a": "b"}, "stream_options": {"include_usage": True},
+            "response_format": {"type": "text"}, "tool_choice": "none", "modalities": ["text"]})
+    r = f.gen.generate.calls[-1][0]
+    assert (r["stop"], r["max_tokens"], r["presence_penalty"], r["frequency_penalty"], r["logit_bias"], r["logprobs"]) \
+        == (["\n"], 7, 0.5, -0.25, {17: -100}, 3)
+    ask(f, {"messages": ASK, "stop": ["a", "b"]})
+    assert f.gen.generate.calls[-1][0]["stop"] == ["a", "b"] and f.gen.generate.calls[-1][0]["logprobs"] is None
+
+
+def test_text_parts_and_the_developer_role_are_accepted(tokenizer):
+    f = front(tokenizer)
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "12 + 30?"}],
+              "name": "ana"}]
+    ask(f, {"messages": parts})
+    expected = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is\n12 + 30?"}]
+    assert f.scorer.score.calls[-1][0] == expected
+    assert f.gen.generate.calls[-1][0]["prompt_token_ids"] == tokenizer.apply_chat_template(
+        expected, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"store": True}, "store"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+     "messages.0.content.0"),
+    ({"messages": [*ASK, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}, *ASK]},
+     "messages.1.tool_calls"),
+])
+def test_what_best_of_n_cannot_do_is_refused_naming_the_field(tokenizer, extra, param):
+    f = front(tokenizer)
+    e = refused(f, {"messages": ASK, **extra})
+    assert (e.status, e.param) == (400, param) and "not supported" in e.message and f.gen.generate.calls == []
+
+
+def test_an_unknown_field_is_refused_as_openai_refuses_it(tokenizer):
+    e = refused(front(tokenizer), {"messages": ASK, "temprature": 0.5})
+    assert e.status == 422 and e.param == "temprature" and "Extra inputs are not permitted" in e.message
+
+
+def test_logprobs_of_the_returned_choice_in_openais_shape():
+    from types import SimpleNamespace as L
+
+    at = [{5: L(logprob=-0.1, rank=1, decoded_token="Hi"), 6: L(logprob=-2.5, rank=2, decoded_token=" yo")},
+          {9: L(logprob=float("-inf"), rank=7, decoded_token="!"), 3: L(logprob=-0.01, rank=1, decoded_token=".")}]
+    content = api.token_logprobs([5, 9], at, 1)
+    assert content[0] == {"token": "Hi", "logprob": -0.1, "bytes": [72, 105],
+                          "top_logprobs": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}]}
+    assert content[1]["logprob"] == -9999.0 and [x["token"] for x in content[1]["top_logprobs"]] == ["."]
+    answer = api.response("m", {"prompt_token_ids": [1], "choices": 1},
+                          [{"text": "Hi!", "finish_reason": "stop", "tokens": 2, "logprobs": content}], [1.0])
+    assert answer["choices"][0]["logprobs"] == {"content": content, "refusal": None}
+    json.dumps(answer, allow_nan=False)  # valid JSON for strict clients
 
 
 def test_plain_generation_is_not_scored_and_greedy_samples_once(tokenizer):
