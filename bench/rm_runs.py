@@ -1,6 +1,6 @@
 """The two reward models the README's RM configs train, trained and evaluated end to end: Bradley-Terry
 on HH-harmless (rlhf_ray/configs/rm-hh.yaml), then scored with the AlpacaEval best-of-16 protocol; the GSM8K
-outcome RM (rlhf_ray/configs/rm-gsm8k-orm.yaml), then its AUC on the held-out solutions.
+outcome RM (rm-hh.yaml's settings with the overrides below), then its AUC on the held-out solutions.
 
     .venv/bin/python bench/rm_runs.py [--run-dir runs/bench-rm] [--bon-limit 200]
 
@@ -25,11 +25,15 @@ DATA = ROOT.parent / "shared" / "data"
 
 def runs(bon_limit: int) -> dict[str, tuple[str, list[str]]]:
     return {
-        "hh_bt_minilm": ("rm-hh.yaml", [f"eval_rm.bon_file={DATA / 'alpacaeval_bon16_tulu2dpo13b_compact.jsonl.gz'}",
+        "hh_bt_minilm": ("rm-hh.yaml", [f"reward.data.train=[{DATA / 'hh_harmless_test.jsonl.gz'}]",
+                                        f"eval_rm.bon_file={DATA / 'alpacaeval_bon16_tulu2dpo13b_compact.jsonl.gz'}",
                                         f"eval_rm.bon_limit={bon_limit}"]),
-        # The ORM's held-out rows are the file's last 400, as in its training config.
-        "gsm8k_orm_minilm": ("rm-gsm8k-orm.yaml", [f"eval_rm.orm=[{DATA / 'gsm8k_example_model_solutions.jsonl.gz'}]",
-                                                   "eval_rm.orm_limit=400"]),
+        # An outcome RM on the GSM8K model solutions; its held-out rows are the file's last 400.
+        "gsm8k_orm_minilm": ("rm-hh.yaml", [
+            "run_dir=runs/rm-gsm8k-orm", "reward.objective=orm", "reward.data.adapter=gsm8k_solutions",
+            f"reward.data.train=[{DATA / 'gsm8k_example_model_solutions.jsonl.gz'}]", "reward.data.eval_rows=400",
+            "reward.data.limit=2000", "reward.train.lr=1e-4", "reward.train.max_seq_len=256",
+            f"eval_rm.orm=[{DATA / 'gsm8k_example_model_solutions.jsonl.gz'}]", "eval_rm.orm_limit=400"]),
     }
 
 
@@ -42,7 +46,7 @@ def main() -> None:
     out = common.machine()
     for name, (cfg_file, evals) in runs(args.bon_limit).items():
         run_dir = Path(args.run_dir).resolve() / name
-        cfg = config_load.load(PipelineConfig, ROOT / "jobs" / "configs" / cfg_file, [f"run_dir={run_dir}", *evals])
+        cfg = config_load.load(PipelineConfig, ROOT / "rlhf_ray" / "configs" / cfg_file, [f"run_dir={run_dir}", *evals])
         with common.timed() as t:
             reward_model.run(cfg)
         report = rm_eval.run(cfg)

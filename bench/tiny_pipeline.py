@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(common.RESULTS / "tiny_pipeline_results.json"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg = config_load.load(PipelineConfig, ROOT / "jobs" / "configs" / "tiny.yaml", [f"run_dir={args.run_dir}", *args.overrides])
+    cfg = config_load.load(PipelineConfig, ROOT / "rlhf_ray" / "configs" / "tiny.yaml", [f"run_dir={args.run_dir}", *args.overrides])
     root = Path(cfg.run_dir)
     resumed = (root / "sft" / "manifest.json").exists()
     with common.timed() as t:

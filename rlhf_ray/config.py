@@ -82,9 +82,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: tuple[str, ...] = field(default=(), metadata=_path("file"))  # files or globs: jsonl, jsonl.gz, parquet, datasets folders
+    # files or globs (jsonl, json arrays, csv, each optionally .gz; parquet; datasets folders) or hub datasets,
+    # hub:NAME[:SPLIT][?config=C&revision=R]; rows in TRL's dataset shapes (docs/data-formats.md)
+    train: tuple[str, ...] = field(default=(), metadata=_path("file"))
     eval: tuple[str, ...] = field(default=(), metadata=_path("file"))
-    adapter: str | None = None            # hh, gsm8k, gsm8k_solutions, alpaca_seed
+    adapter: str | None = None            # hh, gsm8k, gsm8k_solutions, gsm8k_prm, alpaca_seed, or module:callable (record -> rows)
     eval_rows: int = 0                    # without eval files: hold out the last N rows of train
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_rows: Literal["error", "quarantine"] = "error"

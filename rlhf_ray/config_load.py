@@ -218,8 +218,8 @@ def absolute_paths(cfg, base: Path):
 
 
 def _absolute(value: str, kind: str, base: Path) -> str:
-    if not value or "://" in value or value in _KEYWORDS.get(kind, ()):
-        return value
+    if not value or "://" in value or value.startswith("hub:") or value in _KEYWORDS.get(kind, ()):
+        return value  # a storage URI, a hub dataset (hub:NAME) or a keyword
     if kind == "template" and not value.endswith(".jinja") and "/" not in value:
         return value  # a template's name, not a file
     p = base / Path(value).expanduser()  # an absolute path stays as it is

@@ -1,5 +1,5 @@
-"""Readers for jsonl, jsonl.gz, parquet and ``datasets`` folders, format adapters for the real data
-sets, and the quarantine of bad records.
+"""Readers for jsonl, JSON arrays, CSV, parquet, ``datasets`` folders and hub datasets (``hub:NAME``),
+format adapters (built in, or a user's ``module:callable``), and the quarantine of bad records.
 
 The pure part (``parse_file``) yields one ``Record`` per output row, with the file and line it came
 from and either the validated row or the reason it is bad. ``read_dataset`` runs it inside Ray Data
@@ -75,15 +75,54 @@ def _iter_any(path: Path):
         yield from _iter_datasets_dir(path)
     elif name.endswith(".parquet"):
         yield from _iter_parquet(path)
+    elif name.endswith((".json", ".json.gz")) and _starts_with(path, b"["):
+        yield from _iter_json_array(path)
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         yield from _iter_jsonl(path)
+    elif name.endswith((".csv", ".csv.gz")):
+        yield from _iter_csv(path)
     else:
-        raise DataFileError(f"{path}: unknown data format (expected .jsonl, .jsonl.gz, .parquet or a datasets folder)")
+        raise DataFileError(f"{path}: unknown data format (expected .jsonl, .json, .csv (each optionally .gz), "
+                            f".parquet, a datasets folder or hub:NAME)")
+
+
+def _open(path: Path, mode: str = "rb"):
+    return gzip.open(path, mode) if path.name.endswith(".gz") else open(path, mode)
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with _open(path) as f:
+        return f.read(4096).lstrip().startswith(prefix)
+
+
+def _iter_json_array(path: Path):
+    """A JSON array of records (``[{...}, {...}]``): record i is "line" i + 1."""
+    with _open(path) as f:
+        try:
+            records = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataFileError(f"{path}: not a valid JSON array in UTF-8: {e}") from None
+    yield from ((n, record, None) for n, record in enumerate(records, start=1))
+
+
+def _iter_csv(path: Path):
+    """CSV with a header row: each row a record of strings, numbered by its line in the file."""
+    import csv
+
+    with _open(path, "rt") as f:
+        try:
+            reader = csv.DictReader(f)
+            for row in reader:
+                if None in row or None in row.values():
+                    yield reader.line_num, row, "a row with more or fewer cells than the header"
+                    continue
+                yield reader.line_num, row, None
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataFileError(f"{path}: not a readable CSV file in UTF-8: {e}") from None
 
 
 def _iter_jsonl(path: Path):
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with _open(path) as f:
         for n, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -246,6 +285,13 @@ def gsm8k_solutions_to_prm(record: dict) -> list[dict]:
     return rows
 
 
+def alpaca_to_sft(record: dict) -> list[dict]:
+    """Alpaca (instruction, input, output) → one conversation (the input appended to the instruction)."""
+    instruction, output = _need(record, "instruction"), _need(record, "output")
+    user = instruction if not record.get("input") else f"{instruction}\n\n{record['input']}"
+    return [{"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}]}]
+
+
 def alpaca_seed_to_sft(record: dict) -> list[dict]:
     """Self-Instruct seed task → one conversation per instance (input appended to the instruction)."""
     instruction = _need(record, "instruction")
@@ -264,15 +310,21 @@ ADAPTERS: dict[str, Adapter] = {
     "gsm8k": gsm8k_to_prompt,
     "gsm8k_solutions": gsm8k_solutions_to_orm,
     "gsm8k_prm": gsm8k_solutions_to_prm,
+    "alpaca": alpaca_to_sft,
     "alpaca_seed": alpaca_seed_to_sft,
 }
 
 
 def get_adapter(name: str | None) -> Adapter | None:
+    """A built-in adapter by name, or a user's ``module:callable`` (record → list of rows)."""
     if name is None:
         return None
+    if ":" in name:
+        from rlhf_ray.core import rewards
+
+        return rewards.load_callable(name, "adapter")
     if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}: one of {sorted(ADAPTERS)}")
+        raise ValueError(f"unknown adapter {name!r}: one of {sorted(ADAPTERS)}, or module:callable")
     return ADAPTERS[name]
 
 
@@ -281,12 +333,13 @@ def get_adapter(name: str | None) -> Adapter | None:
 
 def parse_file(path: str | Path, kind: str, adapter: str | None = None) -> Iterator[Record]:
     """Every row a file yields, validated against ``kind`` (after the adapter, if any). A storage URI
-    is read through this node's cache and named by its URI."""
+    is read through this node's cache and named by its URI; a hub dataset is named ``hub:NAME:SPLIT``."""
     from rlhf_ray import storage
 
     adapt = get_adapter(adapter)
     file = str(path)
-    for line, raw, problem in iter_raw(storage.local(file)):
+    local = hub_folder(file) if is_hub(file) else storage.local(file)
+    for line, raw, problem in iter_raw(local):
         if problem is not None:
             yield Record(file, line, None, "<line>", problem, raw)
             continue
@@ -322,14 +375,70 @@ def write_quarantine(records: Iterable[Record], path: str | Path, append: bool =
     return n
 
 
+# ---------------------------------------------------------------- hub datasets
+
+
+def is_hub(spec: str) -> bool:
+    return str(spec).startswith("hub:")
+
+
+def hub_spec(spec: str) -> tuple[str, str, dict]:
+    """``hub:NAME[:SPLIT][?config=C&revision=R&data_dir=D]`` → (name, split, load_dataset options). NAME is a
+    hub id (``trl-lib/Capybara``) or a local dataset repository folder; SPLIT defaults to train and takes
+    ``datasets``' slices (``train[:2000]``)."""
+    from urllib.parse import parse_qsl
+
+    body, _, query = spec.removeprefix("hub:").partition("?")
+    name, _, split = body.partition(":")
+    options = dict(parse_qsl(query))
+    unknown = sorted(set(options) - {"config", "revision", "data_dir"})
+    if not name or unknown:
+        raise ValueError(f"{spec}: expected hub:NAME[:SPLIT][?config=C&revision=R&data_dir=D]"
+                         + (f" (unknown option {unknown[0]})" if unknown else ""))
+    return name, split or "train", options
+
+
+def hub_folder(spec: str) -> Path:
+    """A hub dataset split materialised once (``datasets``' own download cache, then ``save_to_disk``
+    under this node's cache), so that it is read, and its bad rows named, like any file."""
+    import hashlib
+
+    from rlhf_ray import storage
+
+    name, split, options = hub_spec(spec)
+    key = hashlib.sha256(json.dumps([name, split, sorted(options.items())]).encode()).hexdigest()[:16]
+    readable = re.sub(r"[^\w.-]+", "_", name)[-60:]
+    folder = storage.cache_dir() / "datasets" / f"{readable}-{split}-{key}"
+    if (folder / "dataset_info.json").exists():
+        return folder
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, options.get("config"), split=split, revision=options.get("revision"),
+                                   data_dir=options.get("data_dir"))
+    except Exception as e:  # noqa: BLE001 - the hub's and the builder's many errors: one line naming the spec
+        offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: load it once online, or give a file)" \
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" else ""
+        raise DataFileError(f"{spec}: cannot load {name} split {split}{offline}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    ds.save_to_disk(str(tmp))
+    tmp.replace(folder)  # whole or not at all, whichever process of the node gets here first
+    return folder
+
+
 def expand_paths(spec: str | Iterable[str]) -> list[str]:
     """A path, a glob, or a list of them → sorted existing files; a missing input is an error. Storage
-    URIs are taken as they are (no globs)."""
+    URIs are taken as they are (no globs); hub datasets are loaded once here, on the driver."""
     from rlhf_ray import storage
 
     specs = [str(spec)] if isinstance(spec, (str, Path)) else [str(s) for s in spec]
     out = []
     for s in specs:
+        if is_hub(s):
+            hub_folder(s)
+            out.append(s)
+            continue
         if storage.is_remote(s):
             if not storage.exists(s):
                 raise FileNotFoundError(f"input not found: {s}")

@@ -20,11 +20,11 @@ def fingerprint(paths) -> dict[str, str]:
 
     Keyed by the storage URI where there is one, so that a mirror on another node matches.
     """
-    from rlhf_ray import storage
+    from rlhf_ray import data, storage
 
     out = {}
     for name in map(str, paths):
-        p = Path(storage.local(name))
+        p = data.hub_folder(name) if data.is_hub(name) else Path(storage.local(name))
         h = hashlib.sha256()
         for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
             if f.is_file():

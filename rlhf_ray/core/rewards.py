@@ -79,17 +79,22 @@ def source_file(spec: str) -> str:
         return ""
 
 
-def load(spec: str) -> RewardFn:
-    """``module:callable`` → the function; errors name the spec."""
+def load_callable(spec: str, what: str):
+    """``module:callable`` → the function (a reward, an adapter); errors name the spec and what it is for."""
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
-        raise ValueError(f"reward function {spec!r}: expected module:callable, e.g. rlhf_ray.core.rewards:final_number")
+        raise ValueError(f"{what} {spec!r}: expected module:callable, e.g. rlhf_ray.core.rewards:final_number")
     try:
         fn = getattr(importlib.import_module(module), name)
     except ImportError as e:
-        raise ValueError(f"reward function {spec!r}: cannot import {module}: {e}") from None
+        raise ValueError(f"{what} {spec!r}: cannot import {module}: {e}") from None
     except AttributeError:
-        raise ValueError(f"reward function {spec!r}: {module} has no {name}") from None
+        raise ValueError(f"{what} {spec!r}: {module} has no {name}") from None
     if not callable(fn):
-        raise ValueError(f"reward function {spec!r} is not callable")
+        raise ValueError(f"{what} {spec!r} is not callable")
     return fn
+
+
+def load(spec: str) -> RewardFn:
+    """``module:callable`` → the reward function; errors name the spec."""
+    return load_callable(spec, "reward function")

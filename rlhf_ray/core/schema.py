@@ -67,6 +67,9 @@ class BadRecord(ValueError):
         self.file, self.line, self.field, self.reason = file, line, field, reason
 
 
+_MESSAGE_KEYS = ("role", "content", "reasoning_content")
+
+
 def _messages(value: Any, field: str, *, last: str | None = None, roles=ROLES) -> list[Message]:
     if isinstance(value, str) and roles == ("assistant",):
         value = [{"role": "assistant", "content": value}]
@@ -83,6 +86,10 @@ def _messages(value: Any, field: str, *, last: str | None = None, roles=ROLES) -
             raise RowError(f"{where}.role", "missing")
         if m["role"] not in roles:
             raise RowError(f"{where}.role", f"unknown role {m['role']!r} (expected one of {', '.join(roles)})")
+        dropped = sorted(k for k, v in m.items() if k not in _MESSAGE_KEYS and v is not None)
+        if dropped:  # tool calls and the like: refused rather than trained on a conversation without them
+            raise RowError(f"{where}.{dropped[0]}", "not supported: a message holds role, content and (assistant) "
+                                                     "reasoning_content; tool calls are not rendered yet")
         content = m.get("content")
         if not isinstance(content, str):
             raise RowError(f"{where}.content", f"must be a string, got {_show(content)}")
@@ -194,7 +201,57 @@ def validate(kind: str, row: Any) -> dict:
     if not isinstance(row, dict):
         raise RowError("<record>", f"must be a JSON object, got {_show(row)}")
     _check_numbers(row, "")
-    return VALIDATORS[kind](row)
+    if row.get("tools"):  # TRL's tool-calling rows: the template would have to render the tools' schemas
+        raise RowError("tools", "not supported: tool definitions are not rendered yet (the row would train without them)")
+    return VALIDATORS[kind](from_trl(kind, row))
+
+
+def from_trl(kind: str, row: dict) -> dict:
+    """TRL's dataset shapes (its "dataset formats" page), conversational or standard, as the row kinds here
+    read them; a shape a kind cannot train on is refused naming the column, never dropped:
+
+    - sft: ``messages``; prompt-completion (``prompt`` + ``completion``: one conversation, the completion
+      its assistant turn); language modelling (``text``) is refused: SFT here trains assistant turns
+      through the chat template.
+    - pairwise: explicit prompt; implicit prompt (``chosen`` and ``rejected`` whole conversations, the
+      prompt their shared first turns, as TRL extracts it).
+    - orm: unpaired preference (``prompt``, ``completion``, ``label``).
+    - prm: stepwise supervision (``labels`` true/false become +1/-1).
+    - prompt: prompt-only.
+    Strings are plain text: a prompt string is the user's turn, a completion string the assistant's.
+    """
+    if kind == "sft" and "messages" not in row:
+        if "prompt" in row and "completion" in row:
+            prompt = _messages(row["prompt"], "prompt", last="user")
+            completion = _messages(row["completion"], "completion", roles=("assistant",))
+            return {**{k: v for k, v in row.items() if k not in ("prompt", "completion")},
+                    "messages": prompt + completion}
+        if "text" in row:
+            raise RowError("text", "language-modelling rows (plain text, no roles) are not supported: SFT trains "
+                                   "assistant turns through the chat template; give messages or prompt + completion")
+    if kind == "pairwise" and "prompt" not in row and isinstance(row.get("chosen"), list) \
+            and isinstance(row.get("rejected"), list):
+        return {**row, **_split_implicit_prompt(row["chosen"], row["rejected"])}
+    if kind == "pairwise" and "prompt" not in row and isinstance(row.get("chosen"), str):
+        raise RowError("prompt", "missing: plain-text preference rows need their prompt in its own column (an "
+                                 "implicit prompt is read from conversations only)")
+    if kind == "prm" and isinstance(row.get("labels"), list) and row["labels"] \
+            and all(isinstance(x, bool) for x in row["labels"]):
+        return {**row, "labels": [1 if x else -1 for x in row["labels"]]}
+    return row
+
+
+def _split_implicit_prompt(chosen: list, rejected: list) -> dict:
+    """The messages both conversations share, up to the last user turn before they part, are the prompt."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and not (isinstance(chosen[shared - 1], dict) and chosen[shared - 1].get("role") == "user"):
+        shared -= 1  # an assistant turn both share belongs to the completions' side of the split
+    if not shared:
+        raise RowError("chosen", "an implicit prompt needs chosen and rejected to share their first turns, up to a "
+                                 "user turn")
+    return {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 
 def _check_numbers(value: Any, path: str) -> None:

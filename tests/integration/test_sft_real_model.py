@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 def test_smollm2_sft_on_seed_tasks_lowers_held_out_loss(ray_cluster, shared_data, tmp_path):
     cfg = config_load.load(PipelineConfig, "rlhf_ray/configs/sft-alpaca.yaml", [
-        f"run_dir={tmp_path}", f"sft.data.train=[{shared_data / 'alpaca_seed_tasks.jsonl'}]",
+        f"run_dir={tmp_path}", f"sft.data.train=[{shared_data / 'alpaca_seed_tasks.jsonl'}]", "sft.data.adapter=alpaca_seed",
         "sft.data.limit=64", "sft.data.eval_rows=16", "sft.train.max_seq_len=256"])
     sft.run(cfg)
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]

@@ -61,7 +61,7 @@ def test_config_show_prints_the_resolved_config_and_cp_copies_an_example(tmp_pat
     assert main.main(["config", "cp", "tiny", "my.yaml"]) == 2  # never overwrites
     assert "my.yaml exists" in capsys.readouterr().err
     assert main.main(["config", "show", "no-such-config"]) == 2
-    assert "example config: gsm8k-gpu, rm-gsm8k-orm" in capsys.readouterr().err
+    assert "example config: gsm8k-gpu, rm-hh" in capsys.readouterr().err
 
 
 def test_the_config_reference_is_generated_from_the_dataclasses():
@@ -76,8 +76,14 @@ def test_a_scalar_where_a_list_is_expected_is_a_list_of_one(tmp_path):
 
 
 def test_the_example_configs_are_package_data_in_the_wheel(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO / "rlhf_ray", src / "rlhf_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
+                            "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("rlhf_ray-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

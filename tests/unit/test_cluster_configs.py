@@ -159,7 +159,7 @@ def test_rayjob_manifest():
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:2] == ["python", "jobs/pipeline.py"] and (ROOT / argv[2]).exists()  # the config it names ships
     read = _storage_only(argv[2], argv[3:])
-    assert {"generate.prompts", "reward.data.train", "eval.prompts"} <= set(read)
+    assert {"generate.prompts", "reward.samples.prompts", "eval.prompts"} <= set(read)
     _cluster_spec_ok(job["spec"]["rayClusterSpec"])
 
 

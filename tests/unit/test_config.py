@@ -93,7 +93,7 @@ def test_paths_become_absolute_against_the_start_directory_once(tmp_path, monkey
 
 def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
     # The README's serve command on the tiny config: Serve waits forever for CPUs that are not there.
-    s = config_load.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml").serve
+    s = config_load.load(PipelineConfig, Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml").serve
     parts = (s.generator, s.scorer, s.ingress)
     assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
 
@@ -101,7 +101,7 @@ def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
 def test_an_endpoint_the_cluster_cannot_place_is_named_before_serve_waits_for_it():
     from rlhf_ray.serve.app import unschedulable
 
-    tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
+    tiny = Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml"
     assert unschedulable(config_load.load(PipelineConfig, tiny).serve, {"CPU": 2.0}) is None
     s = config_load.load(PipelineConfig, tiny, ["serve.scorer.num_cpus=1", "serve.generator.min_replicas=1"]).serve
     problem = unschedulable(s, {"CPU": 2.0})
@@ -186,7 +186,7 @@ def test_a_cuda_vllm_build_with_no_gpu_reserved_is_one_line(monkeypatch):
 
 
 def test_the_gpu_config_loads_and_trains_float32_masters_with_bf16_autocast():
-    cfg = config_load.load(PipelineConfig, Path(__file__).parents[2] / "jobs" / "configs" / "gsm8k-gpu.yaml")
+    cfg = config_load.load(PipelineConfig, "gsm8k-gpu")
     assert cfg.policy.dtype == cfg.reward.model.dtype == "float32"
     assert cfg.rs.train.bf16 and cfg.reward.train.bf16 and cfg.rs.scaling.use_gpu
 
@@ -222,7 +222,7 @@ def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug
     def never(cfg):
         raise AssertionError("a bad config must stop the job before any stage")
 
-    tiny = str(Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml")
+    tiny = str(Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml")
     assert job.main("sft", "", never, [tiny, "sft.train.lr=-1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("sft: ") and "sft.train.lr=-1.0" in err and len(err.strip().splitlines()) == 1, err
@@ -236,14 +236,14 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    tiny = str(Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml")
+    tiny = str(Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml")
     assert job.main("pipeline", "", interrupted, [tiny, f"run_dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "pipeline: stopped (Ctrl-C)", err
 
 
 def test_task_checkers_follow_the_task_and_the_other_tasks_checker_is_refused():
-    tiny = Path(__file__).parents[2] / "jobs" / "configs" / "tiny.yaml"
+    tiny = Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml"
     for name, checker in (("categories", "rlhf_ray.core.rewards:final_word"), ("arithmetic", "rlhf_ray.core.rewards:final_number")):
         cfg = config_load.load(PipelineConfig, tiny, [f"task.name={name}"])
         assert cfg.eval.gold == cfg.reward.samples.checker == cfg.rs.rule_reward == checker
@@ -284,3 +284,29 @@ def test_a_task_is_one_registry_entry_the_config_takes_its_name_and_checker_from
         config_load.load(PipelineConfig, None, own)
     with pytest.raises(ConfigError, match=r"task.name='nope': the generated tasks are \['none', 'arithmetic'"):
         config_load.load(PipelineConfig, None, ["task.name=nope"])
+
+
+def test_the_example_configs_load_and_read_no_file_a_public_clone_lacks():
+    # Hub datasets or the generated task: nothing under ../shared or a data/ folder the user must fill.
+    import dataclasses
+
+    import yaml
+
+    for name, path in config_load.packaged().items():
+        text = path.read_text()
+        assert "../shared" not in text and "data/" not in text.replace("rm_data/", ""), name
+        if "applications" in yaml.safe_load(text):  # a `serve run` file: its app loads the config it names
+            (app,) = yaml.safe_load(text)["applications"]
+            assert app["args"]["config"] in (f"rlhf_ray/configs/{n}.yaml" for n in config_load.packaged())
+            continue
+        cfg = config_load.load(PipelineConfig, name)
+
+        def inputs(section):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if dataclasses.is_dataclass(value):
+                    yield from inputs(value)
+                elif f.metadata.get("path") == "file" and f.name != "run_dir":
+                    yield from (value if isinstance(value, tuple) else [value] if value else [])
+
+        assert all(v.startswith("hub:") for v in inputs(cfg)), (name, list(inputs(cfg)))

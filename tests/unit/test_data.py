@@ -192,10 +192,12 @@ def _container_faults(tmp_path):
     (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really parquet")
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "blank.jsonl").write_bytes(b"\n\n")
-    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "rows.txt").write_text("a,b\n1,2\n")
+    (tmp_path / "broken.json").write_text('[{"a": 1}, ')
     return {"truncated.jsonl.gz": "cannot be read", "not_gzip.jsonl.gz": "cannot be read",
             "corrupt.parquet": "not a readable Parquet file", "empty.jsonl": "holds no records",
-            "blank.jsonl": "holds no records", "rows.csv": "unknown data format"}
+            "blank.jsonl": "holds no records", "rows.txt": "unknown data format",
+            "broken.json": "not a valid JSON array in UTF-8"}
 
 
 def test_a_file_that_cannot_be_read_at_all_is_one_line_naming_it(tmp_path):
@@ -204,3 +206,114 @@ def test_a_file_that_cannot_be_read_at_all_is_one_line_naming_it(tmp_path):
         with pytest.raises(data.DataFileError) as e:  # rows cannot be quarantined from it either
             list(data.read_records([tmp_path / name], "sft", on_bad_rows="quarantine", quarantine=quarantine))
         assert str(e.value).startswith(f"{tmp_path / name}: {reason}") and "\n" not in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------- TRL's dataset shapes
+
+U = {"role": "user", "content": "What is 2 + 2?"}
+A4, A5 = {"role": "assistant", "content": "4"}, {"role": "assistant", "content": "5"}
+
+
+@pytest.mark.parametrize("kind,row,expected", [
+    # prompt-completion, conversational and standard: one conversation
+    ("sft", {"prompt": [U], "completion": [A4]}, {"messages": [U, A4]}),
+    ("sft", {"prompt": "What is 2 + 2?", "completion": "4"}, {"messages": [U, A4]}),
+    # preference with an implicit prompt: the shared turns up to the last user turn
+    ("pairwise", {"chosen": [U, A4], "rejected": [U, A5]}, {"prompt": [U], "chosen": [A4], "rejected": [A5]}),
+    ("pairwise", {"chosen": [U, A4, U, A4], "rejected": [U, A4, U, A5]},
+     {"prompt": [U, A4, U], "chosen": [A4], "rejected": [A5]}),
+    # explicit prompt, standard
+    ("pairwise", {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}, {"prompt": [U], "chosen": [A4], "rejected": [A5]}),
+    # unpaired preference
+    ("orm", {"prompt": "What is 2 + 2?", "completion": "5", "label": False}, {"prompt": [U], "completion": [A5], "label": False}),
+    # stepwise supervision: booleans become +1 / -1
+    ("prm", {"prompt": "What is 2 + 2?", "completions": ["2 + 2 = 4.", "So 4."], "labels": [True, False]},
+     {"prompt": [U], "completions": ["2 + 2 = 4.", "So 4."], "labels": [1, -1]}),
+    ("prompt", {"prompt": "What is 2 + 2?"}, {"prompt": [U]}),
+])
+def test_trls_dataset_shapes_become_the_rows_each_stage_reads(kind, row, expected):
+    from rlhf_ray.core.schema import validate
+
+    assert validate(kind, row) == expected
+
+
+@pytest.mark.parametrize("kind,row,field,needle", [
+    ("sft", {"text": "Once upon a time"}, "text", "language-modelling rows"),
+    ("pairwise", {"chosen": "4", "rejected": "5"}, "prompt", "need their prompt in its own column"),
+    ("pairwise", {"chosen": [A4], "rejected": [A5]}, "chosen", "implicit prompt needs chosen and rejected to share"),
+    ("sft", {"messages": [U, {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]}]},
+     "messages[1].tool_calls", "tool calls are not rendered yet"),
+    ("sft", {"messages": [U, A4], "tools": [{"type": "function"}]}, "tools", "tool definitions are not rendered"),
+])
+def test_a_shape_a_stage_cannot_train_on_is_refused_naming_the_column(kind, row, field, needle):
+    from rlhf_ray.core.schema import RowError, validate
+
+    with pytest.raises(RowError) as e:
+        validate(kind, row)
+    assert e.value.field == field and needle in e.value.reason
+
+
+# ---------------------------------------------------------------- the ways users have their data
+
+
+def test_csv_and_json_array_files_are_read_and_a_bad_row_is_named_by_its_line(tmp_path):
+    (tmp_path / "qa.csv").write_text('prompt,completion\n"What is 2 + 2?",4\n"Short",\n')
+    recs = list(data.parse_file(tmp_path / "qa.csv", "sft"))
+    assert recs[0].row == {"messages": [U, A4]} and recs[0].line == 2
+    assert (recs[1].line, recs[1].field) == (3, "completion[0].content") and recs[1].row is None
+    (tmp_path / "ragged.csv").write_text("prompt,completion\na,b,c\n")
+    (bad,) = data.parse_file(tmp_path / "ragged.csv", "sft")
+    assert bad.reason == "a row with more or fewer cells than the header"
+    rows = [{"prompt": [U], "completion": [A4]}, {"messages": [U]}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows, indent=2))
+    good, broken = data.parse_file(tmp_path / "rows.json", "sft")
+    assert good.row == {"messages": [U, A4]} and (broken.line, broken.field) == (2, "messages[0].role")
+
+
+def upper_user(record):  # a user's adapter: record -> rows
+    return [{"prompt": record["q"].upper(), "completion": record["a"]}]
+
+
+def test_a_users_adapter_is_module_callable(tmp_path):
+    (tmp_path / "raw.jsonl").write_text(json.dumps({"q": "what is 2 + 2?", "a": "4"}) + "\n")
+    (rec,) = data.parse_file(tmp_path / "raw.jsonl", "sft", f"{__name__}:upper_user")
+    assert rec.row["messages"][0]["content"] == "WHAT IS 2 + 2?"
+    with pytest.raises(ValueError, match=r"adapter 'nosuchmodule:f': cannot import nosuchmodule"):
+        data.get_adapter("nosuchmodule:f")
+    with pytest.raises(ValueError, match=r"unknown adapter 'hhh': one of .*, or module:callable"):
+        data.get_adapter("hhh")
+
+
+def test_a_hub_dataset_is_materialised_once_and_read_like_a_file(tmp_path, monkeypatch):
+    # A dataset repository as the hub serves it (data files in a folder); datasets reads it offline.
+    repo = tmp_path / "my-org" / "qa"
+    repo.mkdir(parents=True)
+    (repo / "train.jsonl").write_text(json.dumps({"prompt": "What is 2 + 2?", "completion": "4"}) + "\n"
+                                      + json.dumps({"prompt": "Hi", "completion": ""}) + "\n")
+    (repo / "test.jsonl").write_text(json.dumps({"prompt": "What is 2 + 2?", "completion": "5"}) + "\n")
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path / "cache"))
+    spec = f"hub:{repo}"
+    assert data.expand_paths([spec, f"hub:{repo}:test"]) == [spec, f"hub:{repo}:test"]
+    good, bad = data.parse_file(spec, "sft")
+    assert good.row == {"messages": [U, A4]} and bad.source == f"{spec}:2" and bad.field == "completion[0].content"
+    (test_row,) = data.parse_file(f"hub:{repo}:test", "sft")
+    assert test_row.row["messages"][1]["content"] == "5"
+    (first,) = data.parse_file(f"hub:{repo}:train[:1]", "sft")  # datasets' slices
+    assert first.row == good.row
+    folders = list((tmp_path / "cache" / "datasets").iterdir())
+    assert len(folders) == 3  # one per split, reused by every later read
+    (repo / "train.jsonl").unlink()
+    assert len(list(data.parse_file(spec, "sft"))) == 2
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path))
+    with pytest.raises(data.DataFileError) as e:
+        data.expand_paths(["hub:trl-lib/Capybara"])
+    message = str(e.value)
+    assert message.startswith("hub:trl-lib/Capybara: cannot load trl-lib/Capybara split train (HF_HUB_OFFLINE")
+    assert "\n" not in message
+    with pytest.raises(ValueError, match=r"expected hub:NAME\[:SPLIT\]\[\?config=C&revision=R&data_dir=D\] \(unknown "
+                                         r"option cfg\)"):
+        data.hub_spec("hub:a/b?cfg=x")
+    assert data.hub_spec("hub:openai/gsm8k:train[2000:]?config=main") == ("openai/gsm8k", "train[2000:]", {"config": "main"})
