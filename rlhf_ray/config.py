@@ -301,8 +301,10 @@ class JudgeConfig:
     served_model: str = ""                # the endpoint's model name
     api_key_env: str = "OPENAI_API_KEY"   # the key is read from this variable, never from the config
     max_tokens: int = 256
+    concurrency: int = 8                  # base_url: requests in flight at once per scoring actor
+    max_retries: int = 4                  # base_url: retries of a rate limit, server error or lost connection (backoff)
 
-    RULES: ClassVar[dict] = {"max_tokens": AT_LEAST_1}
+    RULES: ClassVar[dict] = {"max_tokens": AT_LEAST_1, "concurrency": AT_LEAST_1, "max_retries": AT_LEAST_0}
 
 
 @dataclass(frozen=True)

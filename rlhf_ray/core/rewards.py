@@ -98,3 +98,46 @@ def load_callable(spec: str, what: str):
 def load(spec: str) -> RewardFn:
     """``module:callable`` → the reward function; errors name the spec."""
     return load_callable(spec, "reward function")
+
+
+def is_batched(fn) -> bool:
+    """TRL's reward-function signature: ``(completions, **kwargs)`` or ``(prompts, completions, **kwargs)``,
+    called once per batch with the dataset's other columns as keyword lists."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a built-in: the per-sample form
+        return False
+    return "completions" in params and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_batched(spec: str) -> Callable[[list, list[str], list[dict]], list[float]]:
+    """``module:callable`` as one call per batch, ``(prompts, completion texts, rows) -> rewards``, whichever
+    form it has: per sample ``(prompt, completion, row) -> float`` (this project's), or TRL's batched one
+    (``prompts`` as message lists, ``completions`` as one assistant message each, the rows' other columns as
+    keyword lists; a None reward is NaN, "not applicable", as TRL reads it). A failure names the spec and,
+    per sample, the row's prompt_id and sample."""
+    fn = load(spec)
+    if is_batched(fn):
+        def batched(prompts: list, completions: list[str], rows: list[dict]) -> list[float]:
+            names = [k for k in (rows[0] if rows else {}) if k not in ("prompt", "completion", "prompts", "completions")]
+            try:
+                out = list(fn(prompts=prompts, completions=[[{"role": "assistant", "content": c}] for c in completions],
+                              **{k: [r.get(k) for r in rows] for k in names}))
+            except Exception as e:  # noqa: BLE001 - a user's function: say which one broke
+                raise ValueError(f"reward function {spec} failed on a batch of {len(completions)}: "
+                                 f"{type(e).__name__}: {e}") from e
+            if len(out) != len(completions):
+                raise ValueError(f"reward function {spec} returned {len(out)} rewards for {len(completions)} completions")
+            return [float("nan") if v is None else float(v) for v in out]
+        return batched
+
+    def per_sample(prompts: list, completions: list[str], rows: list[dict]) -> list[float]:
+        out = []
+        for p, c, r in zip(prompts, completions, rows):
+            try:
+                out.append(float(fn(p, c, r)))
+            except Exception as e:  # noqa: BLE001 - a user's function: say which row broke it
+                raise ValueError(f"reward function {spec} failed on prompt_id {r.get('prompt_id')!r} "
+                                 f"sample {r.get('sample_idx')}: {type(e).__name__}: {e}") from e
+        return out
+    return per_sample

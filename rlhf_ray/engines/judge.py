@@ -46,21 +46,27 @@ class Backend(Protocol):
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible chat endpoint; the key comes from an environment variable."""
+    """Any OpenAI-compatible chat endpoint; the key comes from an environment variable. Up to
+    ``concurrency`` requests at once; a rate limit, a server error or a lost connection is retried
+    ``max_retries`` times with the ``openai`` client's own exponential backoff (it honours Retry-After)."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 256):
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 256,
+                 concurrency: int = 8, max_retries: int = 4):
         from openai import OpenAI
 
-        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "none")
-        self.model, self.max_tokens = model, max_tokens
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "none", max_retries=max_retries)
+        self.model, self.max_tokens, self.concurrency = model, max_tokens, concurrency
+
+    def _one(self, messages: list[dict]) -> str:
+        r = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
+                                                max_tokens=self.max_tokens)
+        return r.choices[0].message.content or ""
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
-        out = []
-        for messages in conversations:
-            r = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0.0,
-                                                    max_tokens=self.max_tokens)
-            out.append(r.choices[0].message.content or "")
-        return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, conversations))  # in order
 
 
 class VLLMBackend:

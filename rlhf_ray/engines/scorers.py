@@ -138,22 +138,15 @@ class FunctionScorer:
     def __init__(self, function: str):
         from rlhf_ray.core import rewards
 
-        self.spec, self.fn = function, rewards.load(function)
+        self.spec, self.fn = function, rewards.load_batched(function)  # per sample or TRL's batched form
         self.padding = self.real = 0  # no tokens: the padding report reads zero
 
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
-        out = []
         # Only this scorer reads the other columns: the rows are built here, not for every scorer.
         names = list(columns or {})
         rows = [dict(zip(names, values)) for values in zip(*(columns[c].tolist() for c in names))] if names \
             else [{} for _ in prompts]
-        for p, c, r in zip(prompts, completions, rows):
-            try:
-                out.append(float(self.fn(p, "\n\n".join(m["content"] for m in c), r)))
-            except Exception as e:  # noqa: BLE001 - a user's function: say which row broke it
-                raise ValueError(f"reward function {self.spec} failed on prompt_id {r.get('prompt_id')!r} "
-                                 f"sample {r.get('sample_idx')}: {type(e).__name__}: {e}") from e
-        return out
+        return self.fn(prompts, ["\n\n".join(m["content"] for m in c) for c in completions], rows)
 
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
@@ -173,7 +166,8 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
         jc = judge or {}
         if jc.get("base_url"):
             backend = j.OpenAIBackend(jc["base_url"], jc.get("served_model") or "default",
-                                      jc.get("api_key_env", "OPENAI_API_KEY"), jc.get("max_tokens", 256))
+                                      jc.get("api_key_env", "OPENAI_API_KEY"), jc.get("max_tokens", 256),
+                                      jc.get("concurrency", 8), jc.get("max_retries", 4))
         elif jc.get("model"):
             backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256), gpu_memory_utilization=gpu_memory_utilization)
         else:

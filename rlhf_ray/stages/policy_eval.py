@@ -28,7 +28,7 @@ def eval_prompts(cfg: PipelineConfig) -> list[str]:
 def _gold_matrix(df, gold_fn, n: int) -> np.ndarray | None:
     if "answer" not in df:
         return None
-    values = [gold_fn(p, c, row) for p, c, row in zip(df.prompt, df.completion, df.to_dict("records"))]
+    values = gold_fn([list(p) for p in df.prompt], list(df.completion), df.to_dict("records"))
     return selection.reward_matrix(df.prompt_id, df.sample_idx, values, n)[1]
 
 
@@ -42,7 +42,7 @@ def sample(cfg: PipelineConfig, policy: str, rm: str, n: int, out: Path) -> dict
     g = dataclasses.replace(cfg.generate, n=n, greedy=e.greedy, adapter=e.adapter, limit=e.limit)
     candidates = generation.generate(g, cfg.policy.template, policy, eval_prompts(cfg), out / "generate")
     df = pd.read_parquet(scoring.score(cfg.score, str(candidates), rm, out / "score"))
-    gold_fn = rewards.load(e.gold)
+    gold_fn = rewards.load_batched(e.gold)
     sampled, greedy = df[~df.greedy].reset_index(drop=True), df[df.greedy].reset_index(drop=True)
     ids, proxy = selection.reward_matrix(sampled.prompt_id, sampled.sample_idx, sampled.reward, n)
     found = {"ids": ids, "proxy": proxy, "gold": _gold_matrix(sampled, gold_fn, n)}

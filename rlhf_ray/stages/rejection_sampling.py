@@ -47,11 +47,12 @@ def select(rs: RSConfig, gold: str, scored: Path, out: Path, min_reward: float |
               "reward_mean_all": float(np.nanmean(r)), "reward_mean_kept": _mean(rows(kept), "reward"),
               "reward_mean_random": _mean(rows(rand), "reward")}
     if "answer" in df:
-        gold_fn = rewards.load(gold)  # once, not per row
-        value = lambda x: gold_fn(list(x.prompt), x.completion, x.to_dict())  # noqa: E731
-        counts.update(gold_mean_all=float(np.mean([value(x) for _, x in df.iterrows()])),
-                      gold_mean_kept=float(np.mean([value(x) for x in rows(kept)] or [np.nan])),
-                      gold_mean_random=float(np.mean([value(x) for x in rows(rand)] or [np.nan])))
+        gold_fn = rewards.load_batched(gold)  # once, not per row
+        values = lambda xs: gold_fn([list(x.prompt) for x in xs], [x.completion for x in xs],  # noqa: E731
+                                    [x.to_dict() for x in xs])
+        counts.update(gold_mean_all=float(np.mean(values([x for _, x in df.iterrows()]))),
+                      gold_mean_kept=float(np.mean(values(rows(kept)) or [np.nan])),
+                      gold_mean_random=float(np.mean(values(rows(rand)) or [np.nan])))
     st.finish(counts)
     print(f"[select] {out}: {counts}")
     return paths

@@ -35,3 +35,18 @@ def test_holding_out_more_rows_than_there_are_names_the_key(ray_cluster):
     assert (train.count(), held.count()) == (7, 3)
     with pytest.raises(ValueError, match=r"sft.data.eval_rows=10: the training data has only 10 rows"):
         data.hold_out(ray.data.range(10), 10, "sft.data.eval_rows")
+
+
+def test_a_hub_dataset_streams_through_ray_data_with_its_rows_named(ray_cluster, tmp_path):
+    # A dataset repository folder (what the hub serves), read offline; the Ray tasks find it materialised.
+    repo = tmp_path / "org" / "chats"
+    repo.mkdir(parents=True)
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "completion": [{"role": "assistant", "content": f"a{i}"}]}
+            for i in range(4)] + [{"prompt": "q", "completion": ""}]
+    (repo / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = f"hub:{repo}"
+    good, bad = data.read_dataset([spec], "sft", on_bad_rows="quarantine", quarantine_path=tmp_path / "q.jsonl")
+    assert bad == 1 and sorted(r["_line"] for r in good.take_all()) == [1, 2, 3, 4]
+    assert {r["_file"] for r in good.take_all()} == {spec}
+    (quarantined,) = [json.loads(line) for line in open(tmp_path / "q.jsonl")]
+    assert (quarantined["file"], quarantined["line"], quarantined["field"]) == (spec, 5, "completion[0].content")

@@ -1,4 +1,6 @@
 """Rule-based rewards: the arithmetic checker, the GSM8K/MATH checker, and loading by module:callable."""
+import math
+
 import pytest
 
 from rlhf_ray.core import rewards, selection
@@ -57,3 +59,33 @@ def test_final_word_checks_the_last_word_whatever_its_case():
     assert rewards.final_word(q, "", {"answer": "plum"}) == 0.0
     with pytest.raises(ValueError, match="needs an 'answer' column"):
         rewards.final_word(q, "plum", {})
+
+
+def trl_style(prompts, completions, answer, **kwargs):  # TRL's reward-function signature
+    return [None if a is None else float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
+
+
+def wrong_length(completions, **kwargs):
+    return [1.0]
+
+
+def test_trls_batched_reward_functions_plug_in_beside_per_sample_ones():
+    from rlhf_ray.engines.scorers import FunctionScorer
+
+    assert rewards.is_batched(trl_style) and not rewards.is_batched(rewards.final_number)
+    prompt = [{"role": "user", "content": "1 + 1?"}]
+    rows = [{"answer": "2", "prompt_id": "p0"}, {"answer": "3", "prompt_id": "p1"}, {"answer": None, "prompt_id": "p2"}]
+    fn = rewards.load_batched(f"{__name__}:trl_style")
+    got = fn([prompt] * 3, ["2", "2", "2"], rows)
+    assert got[:2] == [1.0, 0.0] and math.isnan(got[2])  # None: not applicable, as TRL reads it
+    per_sample = rewards.load_batched("rlhf_ray.core.rewards:final_number")
+    assert per_sample([prompt] * 2, ["It is 2.", "It is 3."], rows[:2]) == [1.0, 1.0]
+    import numpy as np
+
+    scorer = FunctionScorer(f"{__name__}:trl_style")
+    assert scorer.score([prompt] * 2, [[{"role": "assistant", "content": "2"}]] * 2,
+                        {"answer": np.array(["2", "5"]), "prompt_id": np.array(["p0", "p1"])}) == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"wrong_length returned 1 rewards for 2 completions"):
+        rewards.load_batched(f"{__name__}:wrong_length")([prompt] * 2, ["a", "b"], rows[:2])
+    with pytest.raises(ValueError, match=r"trl_style failed on a batch of 1: TypeError: .*missing .* .answer."):
+        rewards.load_batched(f"{__name__}:trl_style")([prompt], ["a"], [{"prompt_id": "p0"}])
