@@ -1,10 +1,12 @@
-"""The run report: RUN_DIR/report.html with PNG plots and the results table.
+"""The run report: RUN_DIR/report.html, one self-contained file (its PNG plots inside it, and beside it),
+with the results table.
 
 Reads only the run folder's artifacts (metrics.jsonl, manifests, scored candidates, eval/results.json);
 every section whose artifact is missing is left out with a line that says so.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -160,7 +162,10 @@ def build(run_dir: str | Path, rounds: int = 1) -> Path:
     sections: list[str] = []
 
     def figure(title: str, png: str | None, missing: str) -> None:
-        body = f'<img src="{png}" alt="{html.escape(title)}">' if png else f"<p><em>{html.escape(missing)}</em></p>"
+        # The PNG inside the page (one self-contained file to mail or log); the file stays beside it too.
+        data = base64.b64encode((root / png).read_bytes()).decode() if png else ""
+        body = f'<img src="data:image/png;base64,{data}" alt="{html.escape(title)}" title="{png}">' if png \
+            else f"<p><em>{html.escape(missing)}</em></p>"
         sections.append(f"<h2>{html.escape(title)}</h2>{body}")
 
     figure("SFT", loss_curve(_jsonl(layout.sft / METRICS), "SFT loss", root / "sft_loss.png"),

@@ -1,13 +1,15 @@
 """Experiment tracking: one run per job; each stage's config, figures, per-step curves and files in it.
 
-A stage is logged when it finishes (``manifest.Stage.finish``), from the driver: its config section as
-params, its manifest counts and held-out figures as metrics, rank 0's per-step training metrics
-(``metrics.jsonl``) as curves, its manifest and quarantine files as artifacts. No Ray worker ever talks
-to the tracker. Backends (``tracking.backend``):
+A training stage's per-step figures reach the tracker while it trains (``log_step``: rank 0's reports,
+which Ray Train's controller passes to the driver, ``train.runner.fit``); when a stage finishes
+(``manifest.Stage.finish``) its config section is logged as params, its manifest counts and held-out
+figures as metrics, any step not logged live from ``metrics.jsonl``, and its manifest and quarantine files
+as artifacts. Only the driver talks to the tracker; no Ray worker does. The job prints its run and where
+to browse it when it starts. Backends (``tracking.backend``):
 
 - ``mlflow`` (default): a nested run per stage under the job's run, in ``tracking.uri``,
   ``MLFLOW_TRACKING_URI``, or a local file store in ``RUN_DIR/mlruns`` (browse it with a full ``mlflow``
-  install: ``mlflow ui --backend-store-uri runs/tiny/mlruns``).
+  install: ``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs/tiny/mlruns``).
 - ``wandb``: one W&B run (``tracking.experiment`` is the project); each stage's curves under its folder
   name with their own step axis (``WANDB_MODE=offline`` works without a network).
 - ``tensorboard``: event files in ``RUN_DIR/tensorboard``, a tag per stage and figure.
@@ -22,10 +24,11 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
-_state: dict = {"backend": None, "run_dir": None, "hub": "", "private": True}
+_state: dict = {"backend": None, "run_dir": None, "hub": "", "private": True, "live": {}}
 
 
 def _guarded(fn):
@@ -51,13 +54,29 @@ def job(cfg, name: str):
     _state.update(run_dir=run_dir, hub=t.push_to_hub, private=t.hub_private)
     if t.backend != "none":
         _state["backend"] = _BACKENDS[t.backend]()
-        _guarded(lambda: _state["backend"].start(t, run_dir, t.run_name or name))()
+        where = _guarded(lambda: _state["backend"].start(t, run_dir, t.run_name or name))()
+        if where:
+            print(f"[tracking] {where}", flush=True)
     try:
         yield
     finally:
         if _state["backend"] is not None:
             _guarded(lambda: _state["backend"].end())()
-        _state.update(backend=None, run_dir=None, hub="")
+        _state.update(backend=None, run_dir=None, hub="", live={})
+
+
+def live() -> bool:
+    """Whether a tracker takes figures now (the training runner then streams its steps to ``log_step``)."""
+    return _state["backend"] is not None
+
+
+@_guarded
+def log_step(out: Path, metrics: dict) -> None:
+    """One training step's figures (rank 0's report) while the stage that writes ``out`` trains."""
+    label = _label(out) or Path(out).name
+    step = int(metrics["step"])
+    _state["backend"].step(label, step, {k: float(v) for k, v in metrics.items() if k != "step" and _number(v)})
+    _state["live"][label] = max(step, _state["live"].get(label, 0))
 
 
 @_guarded
@@ -68,7 +87,9 @@ def log_stage(name: str, out: Path, section: dict, manifest: dict) -> None:
                **({"seconds": manifest["seconds"]} if "seconds" in manifest else {})}
     steps = out / "metrics.jsonl"
     rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()] if steps.exists() else []
-    history = [(int(r["step"]), {k: float(v) for k, v in r.items() if k != "step" and _number(v)}) for r in rows]
+    logged = _state["live"].pop(label, 0)  # steps already streamed while the stage trained
+    history = [(int(r["step"]), {k: float(v) for k, v in r.items() if k != "step" and _number(v)}) for r in rows
+               if int(r["step"]) > logged]
     files = [out / f for f in ("manifest.json", "quarantine.jsonl", "quarantine_eval.jsonl") if (out / f).exists()]
     _state["backend"].stage(name, label, _flat(section), {k: float(v) for k, v in figures.items() if _number(v)},
                             history, files)
@@ -134,22 +155,44 @@ class _MLflow:
         self.mlflow = mlflow
         self.env_uri = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it; end() puts it back
         mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(t.experiment)
-        mlflow.start_run(run_name=name)
+        experiment = mlflow.set_experiment(t.experiment)
+        run = mlflow.start_run(run_name=name)
+        self.client, self.experiment_id, self.parent, self.stages = mlflow.MlflowClient(), experiment.experiment_id, \
+            run.info.run_id, {}
+        browse = f"MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {uri}" if uri.startswith("file:") else uri
+        return f"mlflow run {run.info.run_id} ({name}, experiment {t.experiment}); browse: {browse}"
 
-    def stage(self, name, label, params, figures, history, files) -> None:
+    def _stage_run(self, label: str) -> str:
+        """The stage's nested run under the job's, made at its first live step or at its finish."""
+        if label not in self.stages:
+            run = self.client.create_run(self.experiment_id, run_name=label, tags={"mlflow.parentRunId": self.parent})
+            self.stages[label] = run.info.run_id
+        return self.stages[label]
+
+    def _metrics(self, run_id: str, curve: list) -> None:
+        for i in range(0, len(curve), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=curve[i:i + 1000])
+
+    def step(self, label, step, values) -> None:
         from mlflow.entities import Metric
 
-        mlflow = self.mlflow
-        with mlflow.start_run(run_name=label, nested=True) as run:
-            mlflow.log_params(params)
-            mlflow.set_tag("stage", name)
-            mlflow.log_metrics(figures)
-            curve = [Metric(k, v, 0, step) for step, values in history for k, v in values.items()]
-            for i in range(0, len(curve), 1000):  # MLflow's batch limit
-                mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve[i:i + 1000])
-            for f in files:
-                mlflow.log_artifact(str(f))
+        now = int(time.time() * 1000)
+        self._metrics(self._stage_run(label), [Metric(k, v, now, step) for k, v in values.items()])
+
+    def stage(self, name, label, params, figures, history, files) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id, now = self._stage_run(label), int(time.time() * 1000)
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        self.client.log_batch(run_id, tags=[RunTag("stage", name)])
+        self._metrics(run_id, [Metric(k, v, now, 0) for k, v in figures.items()]
+                      + [Metric(k, v, now, step) for step, values in history for k, v in values.items()])
+        for f in files:
+            self.client.log_artifact(run_id, str(f))
+        self.client.set_terminated(run_id)
+        del self.stages[label]
 
     def artifacts(self, paths) -> None:
         for p in paths:
@@ -159,6 +202,8 @@ class _MLflow:
         self.mlflow.log_metrics(figures)
 
     def end(self) -> None:
+        for run_id in self.stages.values():  # a stage that streamed steps and then failed
+            self.client.set_terminated(run_id, "FAILED")
         self.mlflow.end_run()
         if self.env_uri is None:  # the next job in this process must not log into this one's store
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -173,12 +218,19 @@ class _WandB:
         self.wandb = wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=t.experiment, name=name, dir=str(run_dir), reinit="create_new")
+        self.axes: set[str] = set()
+        return f"wandb run {self.run.id} ({name}, project {t.experiment}): {self.run.url or run_dir / 'wandb'}"
+
+    def step(self, label, step, values) -> None:
+        if label not in self.axes:
+            self.run.define_metric(f"{label}/*", step_metric=f"{label}/step")  # each stage its own step axis
+            self.axes.add(label)
+        self.run.log({f"{label}/step": step, **{f"{label}/{k}": v for k, v in values.items()}})
 
     def stage(self, name, label, params, figures, history, files) -> None:
         self.run.config.update({label: params}, allow_val_change=True)
-        self.run.define_metric(f"{label}/*", step_metric=f"{label}/step")  # each stage its own step axis
         for step, values in history:
-            self.run.log({f"{label}/step": step, **{f"{label}/{k}": v for k, v in values.items()}})
+            self.step(label, step, values)
         self.run.summary.update({f"{label}/{k}": v for k, v in figures.items()})
         for f in files:
             self.run.save(str(f), base_path=str(f.parent.parent), policy="now")
@@ -199,12 +251,17 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard" / name))
+        return f"tensorboard events in {run_dir / 'tensorboard' / name}; browse: tensorboard --logdir {run_dir / 'tensorboard'}"
+
+    def step(self, label, step, values) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(f"{label}/{k}", v, step)
+        self.writer.flush()
 
     def stage(self, name, label, params, figures, history, files) -> None:
         self.writer.add_text(f"{label}/config", json.dumps(params, indent=1))
         for step, values in history:
-            for k, v in values.items():
-                self.writer.add_scalar(f"{label}/{k}", v, step)
+            self.step(label, step, values)
         for k, v in figures.items():
             self.writer.add_scalar(f"{label}/{k}", v, 0)
         self.writer.flush()

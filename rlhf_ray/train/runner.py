@@ -15,14 +15,16 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from itertools import islice
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import ray.train
 import torch
 
+from rlhf_ray import manifest, progress, storage, tracking
 from rlhf_ray.run_layout import METRICS, MODEL
-from rlhf_ray import manifest, progress, storage
 from rlhf_ray.config import ScalingConfig, TrainConfig
 from rlhf_ray.train import loop
 
@@ -218,6 +220,47 @@ def _load_state(ckpt_dir: str, model, optimizer, scheduler) -> int:
     return int(state["step"])
 
 
+class LiveSteps:
+    """Rank 0's per-step reports, passed by Ray Train's controller (a ``UserCallback``) through a queue to a
+    thread of the driver, which hands them to the tracker while the stage trains (the tracker's run lives
+    in the driver; workers never talk to it)."""
+
+    def __init__(self, out_dir: Path):
+        from ray.util.queue import Queue
+
+        self.out_dir, self.queue = out_dir, Queue(actor_options={"num_cpus": 0})
+        self.callback = _ReportsToQueue(self.queue)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._drain, daemon=True, name="live-steps")
+
+    def _drain(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                tracking.log_step(self.out_dir, self.queue.get(timeout=0.5))
+            except Empty:
+                if self.done.is_set():
+                    return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.queue.shutdown()
+
+
+class _ReportsToQueue(ray.train.UserCallback):
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put_nowait(metrics[0])  # rank 0's: the figures metrics.jsonl holds
+
+
 def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
     """Train ``rec`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
     import ray.train
@@ -227,6 +270,7 @@ def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
     p = plan(train_ds.count(), rec.train, s, name)
     checkpoints = out_dir / manifest.RESUMABLE
     datasets = {"train": train_ds, **({"eval": eval_ds} if eval_ds is not None else {})}
+    live = LiveSteps(out_dir) if tracking.live() else None
     trainer = TorchTrainer(
         train_worker,
         # Workers on other nodes write to storage URIs when the run folder is remote.
@@ -237,12 +281,14 @@ def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.uri(checkpoints) or str(checkpoints.resolve()),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[live.callback] if live else None),
         datasets=datasets,
     )
     previous = signal.getsignal(signal.SIGINT)
     try:
-        result = trainer.fit()
+        with live or contextlib.nullcontext():
+            result = trainer.fit()
     except SystemExit:  # Ray Train's Ctrl-C handler aborts the run, then exits: the job says it stopped
         raise KeyboardInterrupt from None
     finally:

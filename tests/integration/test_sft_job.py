@@ -65,6 +65,31 @@ def test_sft_job_writes_a_loadable_chat_model_and_skips_when_up_to_date(ray_clus
     assert any(not torch.equal(again[k], trained[k]) for k in trained), "the other config's weights were exported"
 
 
+def test_steps_reach_the_tracker_while_the_stage_trains(ray_cluster, tiny_policy_dir, tmp_path, monkeypatch, capsys):
+    import time
+
+    import mlflow
+
+    live, finished = [], []
+    log_step, log_stage = tracking.log_step, tracking.log_stage
+    monkeypatch.setattr(tracking, "log_step", lambda out, m: (live.append((m["step"], time.time())), log_step(out, m)))
+    monkeypatch.setattr(tracking, "log_stage", lambda *a: (finished.append(time.time()), log_stage(*a)))
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.train.epochs=2")
+    with tracking.job(cfg, "sft"):
+        sft.run(cfg)
+    assert "[tracking] mlflow run " in capsys.readouterr().out
+    # Every step was handed to the tracker by the driver before the stage finished, in order.
+    logged = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
+    assert [s for s, _ in live] == [r["step"] for r in logged] == list(range(1, 13))
+    assert max(t for _, t in live) <= finished[0]
+    mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
+    runs = mlflow.search_runs(experiment_names=["rlhf_ray"])
+    (stage,) = [r for _, r in runs.iterrows() if r["tags.stage"] == "sft"]  # the job's own run is named sft too
+    history = mlflow.MlflowClient().get_metric_history(stage["run_id"], "loss")
+    assert sorted((m.step, m.value) for m in history) == [(r["step"], pytest.approx(r["loss"])) for r in logged]
+    assert stage["status"] == "FINISHED" and stage["params.sft.train.lr"] == "0.003"
+
+
 def test_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_cluster, tiny_policy_dir, tmp_path):
     cfg = tiny_cfg(tmp_path, tiny_policy_dir, "task.sft_rows=160", "sft.train.epochs=1", "sft.train.micro_batch_size=4",
                    "sft.train.global_batch_size=4", "sft.train.checkpoint_every=5", "sft.scaling.max_failures=2")

@@ -28,7 +28,14 @@ def test_report_from_a_partial_run_folder_says_what_is_missing(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "results.json").write_text(json.dumps(RESULTS))
     page = report.build(tmp_path).read_text()
-    assert '<img src="sft_loss.png"' in page and '<img src="bon.png"' in page
+    import base64
+    import re
+
+    # One self-contained file: each plot is inside the page, as the PNG written beside it.
+    images = dict((name, data) for data, name in re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="[^"]*" '
+                                                            r'title="([^"]+)">', page))
+    assert set(images) == {"sft_loss.png", "bon.png"}
+    assert base64.b64decode(images["sft_loss.png"]) == (tmp_path / "sft_loss.png").read_bytes()
     assert (tmp_path / "sft_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "no reward-model metrics" in page and "no rejection-sampling round" in page
     assert "<td>after rejection sampling (RM picks)</td><td>0.625</td>" in page
