@@ -72,6 +72,8 @@ class ModelConfig:
     # bfloat16: 3 steps at lr 1e-6 moved 2% of a tiny model's weights, tests/gpu/check.py), so only float32;
     # bfloat16 compute is train.bf16 (autocast on GPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # transformers' attention kernel; None: its default (sdpa where the model supports it)
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         if self.dtype != "float32":
@@ -122,8 +124,18 @@ class TrainConfig:
     # 0: every weight learns; N: only the top N transformer blocks (and heads), embeddings and lower
     # blocks frozen: about half a step's cost on a CPU
     trainable_layers: int = 0
+    # Recompute each block's activations in the backward pass instead of keeping them: long sequences and
+    # large models fit at about a third more compute per step
+    gradient_checkpointing: bool = False
+    # LoRA (peft): 0 trains every weight; r > 0 trains rank-r adapters on lora_target and freezes the rest.
+    # The stage saves the adapter (model's sibling folder adapter/) and the merged model (vLLM reads it)
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"       # peft's target_modules: all-linear, or module names, comma-separated
 
-    RULES: ClassVar[dict] = {"lr": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
+    RULES: ClassVar[dict] = {"lora_r": AT_LEAST_0, "lora_alpha": POSITIVE, "lora_dropout": FRACTION,
+                             "lr": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE,
                              "max_grad_norm": POSITIVE, "epochs": AT_LEAST_1, "max_steps": AT_LEAST_0,
                              "global_batch_size": AT_LEAST_1, "micro_batch_size": AT_LEAST_1,
                              "max_seq_len": AT_LEAST_1, "checkpoint_every": AT_LEAST_0, "eval_every": AT_LEAST_0,
@@ -194,7 +206,9 @@ class RewardConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
     def problems(self) -> list[tuple[str, str]]:
-        return _batch_problems(self.train, self.scaling)
+        lora = [("train.lora_r", f"{self.train.lora_r}: LoRA trains policies here (sft.train, rs.train); a reward "
+                                 f"model trains every weight (its head is new)")] if self.train.lora_r else []
+        return lora + _batch_problems(self.train, self.scaling)
 
 
 @dataclass(frozen=True)
@@ -275,6 +289,9 @@ class GenerateConfig:
     kv_cache_gb: int = 1                  # CPU engines only
     threads: int = 0                      # CPU engines: torch threads (0: vLLM's choice, one unless OMP_NUM_THREADS is set)
     on_bad_rows: Literal["error", "quarantine"] = "quarantine"
+    # vLLM engine arguments passed as they are (enable_prefix_caching, quantization, kv_cache_dtype, ...);
+    # checked against vLLM's EngineArgs before Ray starts
+    engine_kwargs: dict = field(default_factory=dict)
 
     RULES: ClassVar[dict] = {"limit": AT_LEAST_0, "n": AT_LEAST_1, "temperature": TEMPERATURE, "top_p": TOP_P,
                              "max_tokens": AT_LEAST_1, "max_model_len": AT_LEAST_1, "cpus_per_actor": CPUS,
@@ -330,6 +347,7 @@ class ScoreConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16 halves CPU scoring time (selection only needs the order)
     prm_reduce: Literal["min", "mean"] = "min"  # a process RM's score: the min (or mean) over steps of P(step correct)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    engine_kwargs: dict = field(default_factory=dict)  # scorer=vllm and a local judge: vLLM engine arguments, as generate's
 
     RULES: ClassVar[dict] = {"max_len": AT_LEAST_1, "batch_size": AT_LEAST_1, "cpus_per_actor": CPUS,
                              "gpus_per_actor": GPUS, "gpu_memory_utilization": MEMORY_SHARE,
@@ -425,6 +443,7 @@ class ServeConfig:
     max_queued_requests: int = 16         # ... and beyond this they get 503 (OpenAI error JSON)
     read_timeout_s: float = 10.0          # a body not received within this gets 408: slow clients hold no slot
     score_max_len: int = 512
+    engine_kwargs: dict = field(default_factory=dict)  # the generator's vLLM engine arguments, as generate's
     generator: DeploymentConfig = field(default_factory=DeploymentConfig)
     scorer: DeploymentConfig = field(default_factory=DeploymentConfig)
     ingress: DeploymentConfig = field(default_factory=_ingress)

@@ -109,15 +109,33 @@ def chat_tokenizer(name: str, template: str | None = None, trust_remote_code: bo
     return tokenizer
 
 
-def load_policy(name: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_policy(name: str, dtype: str = "float32", trust_remote_code: bool = False,
+                attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
         local_path(name), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
 
 
-def _reward_backbone(name: str, head: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
+def merge_adapter(adapter_dir: str | Path, target: str | Path) -> Path:
+    """A LoRA checkpoint (peft adapter + tokenizer) merged into its base model: a plain HF folder that
+    transformers and vLLM load as they load any policy."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    base = load_policy(PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path)
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # as the recipe resized it before training
+        base.resize_token_embeddings(len(tokenizer))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    save_policy(merged, tokenizer, target)
+    return Path(target)
+
+
+def _reward_backbone(name: str, head: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False,
+                     attn_implementation: str | None = None):
     """A ``scalar``, per-``token`` or 3-class (``prm3``) head on any HF backbone.
 
     Encoder backbones (no ``score`` head) pool the mean of their token states: sentence encoders such
@@ -129,7 +147,8 @@ def _reward_backbone(name: str, head: str, tokenizer, dtype: str = "float32", tr
 
     cls = AutoModelForSequenceClassification if head == "scalar" else AutoModelForTokenClassification
     model = cls.from_pretrained(local_path(name), num_labels=3 if head == "prm3" else 1,
-                                dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+                                dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+                                attn_implementation=attn_implementation)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -223,10 +242,11 @@ class RewardModel(torch.nn.Module):
         self.backbone.save_pretrained(path, state_dict=state_dict, **kwargs)
 
 
-def load_reward_model(name: str, objective: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False):
+def load_reward_model(name: str, objective: str, tokenizer, dtype: str = "float32", trust_remote_code: bool = False,
+                      attn_implementation: str | None = None):
     """The ``objective``'s head (``core.objectives``) on the backbone ``name``, as a ``RewardModel``."""
     head = objectives.OBJECTIVES[objective].head
-    return RewardModel(_reward_backbone(name, head, tokenizer, dtype, trust_remote_code), head)
+    return RewardModel(_reward_backbone(name, head, tokenizer, dtype, trust_remote_code, attn_implementation), head)
 
 
 def check_template(model, mask: str, check: str, key: str, examples: list[tuple[str, list]]) -> None:

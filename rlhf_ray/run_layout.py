@@ -24,6 +24,7 @@ Where = Path | str  # a local path, or a storage URI under a remote run folder
 
 # What a stage folder holds, whichever stage wrote it.
 MODEL = "model"                 # a trained model (HF folder)
+ADAPTER = "adapter"             # a LoRA-trained model's adapter (peft folder), beside the merged model
 CANDIDATES = "candidates"       # generation's Parquet rows
 SCORED = "scored"               # scoring's Parquet rows
 KEPT = "kept.jsonl"             # selection's conversations

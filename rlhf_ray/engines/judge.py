@@ -72,12 +72,14 @@ class OpenAIBackend:
 class VLLMBackend:
     """A local judge model in a vLLM engine, greedy."""
 
-    def __init__(self, model: str, max_tokens: int = 256, max_model_len: int = 4096, gpu_memory_utilization: float = 0.9):
+    def __init__(self, model: str, max_tokens: int = 256, max_model_len: int = 4096, gpu_memory_utilization: float = 0.9,
+                 engine_kwargs: dict | None = None):
         from rlhf_ray.engines.vllm_engine import load_llm
 
         from vllm import SamplingParams
 
-        self.llm = load_llm(model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+        self.llm = load_llm(model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                            **(engine_kwargs or {}))
         self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from rlhf_ray import models
 from rlhf_ray.core import objectives
 from rlhf_ray.engines.actor_pool import EngineError, PoolActor, check_gpus, objects
-from rlhf_ray.engines.vllm_engine import memory_share
+from rlhf_ray.engines.vllm_engine import check_engine_kwargs, memory_share
 
 
 class Scorer(Protocol):
@@ -101,7 +101,7 @@ class VLLMRewardScorer:
     padding."""
 
     def __init__(self, model_dir: str, template: str | None = None, max_len: int = 512, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, engine_kwargs: dict | None = None):
         from transformers import AutoConfig
 
         from rlhf_ray.engines.vllm_engine import load_llm
@@ -114,7 +114,7 @@ class VLLMRewardScorer:
         self.tokenizer = models.chat_tokenizer(model_dir)
         self.template, self.max_len = template, max_len
         self.llm = load_llm(model_dir, dtype=dtype, max_model_len=max_len, runner="pooling",
-                            gpu_memory_utilization=gpu_memory_utilization)
+                            gpu_memory_utilization=gpu_memory_utilization, **(engine_kwargs or {}))
         self.padding, self.real = 0, 0
 
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
@@ -151,7 +151,7 @@ class FunctionScorer:
 
 def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, batch_size: int, threads: int,
                 judge: dict | None = None, dtype: str = "float32", function: str = "", prm_reduce: str = "min",
-                gpu_memory_utilization: float = 0.9) -> Scorer:
+                gpu_memory_utilization: float = 0.9, engine_kwargs: dict | None = None) -> Scorer:
     if kind == "function":
         if not function:
             raise ValueError("score.scorer=function needs score.function (module:callable)")
@@ -159,7 +159,7 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
     if kind == "rm":
         return RewardScorer(model_dir, template, max_len, batch_size, dtype, threads, prm_reduce)
     if kind == "vllm":
-        return VLLMRewardScorer(model_dir, template, max_len, dtype, gpu_memory_utilization)
+        return VLLMRewardScorer(model_dir, template, max_len, dtype, gpu_memory_utilization, engine_kwargs)
     if kind == "judge":
         from rlhf_ray.engines import judge as j
 
@@ -169,7 +169,8 @@ def make_scorer(kind: str, model_dir: str, template: str | None, max_len: int, b
                                       jc.get("api_key_env", "OPENAI_API_KEY"), jc.get("max_tokens", 256),
                                       jc.get("concurrency", 8), jc.get("max_retries", 4))
         elif jc.get("model"):
-            backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256), gpu_memory_utilization=gpu_memory_utilization)
+            backend = j.VLLMBackend(jc["model"], jc.get("max_tokens", 256), gpu_memory_utilization=gpu_memory_utilization,
+                                    engine_kwargs=engine_kwargs)
         else:
             raise ValueError("score.judge needs base_url (an OpenAI-compatible endpoint) or model (a local judge)")
         return j.JudgeScorer(backend)
@@ -180,6 +181,7 @@ def check_score_gpus(s) -> None:
     """The ``score`` section's GPU request against the installed vLLM build, for the scorers that run vLLM."""
     if s.scorer == "vllm" or (s.scorer == "judge" and not s.judge.base_url):
         check_gpus("score.gpus_per_actor", s.gpus_per_actor)
+        check_engine_kwargs("score.engine_kwargs", s.engine_kwargs)
 
 
 def as_messages(completion) -> list[dict]:
@@ -230,7 +232,7 @@ def score_dataset(ds, model_dir: str | Path, s, failures: str = "", progress=Non
                                "max_len": s.max_len, "batch_size": s.batch_size, "threads": s.threads,
                                "judge": asdict(s.judge), "dtype": s.dtype, "function": s.function,
                                "prm_reduce": s.prm_reduce, "failures": failures, "restarts": s.engine_restarts,
-                               "progress": progress,
+                               "progress": progress, "engine_kwargs": dict(s.engine_kwargs),
                                "gpu_memory_utilization": memory_share(s.gpu_memory_utilization, s.gpus_per_actor)},
         compute=ActorPoolStrategy(min_size=s.actors[0], max_size=s.actors[1]), num_cpus=s.cpus_per_actor,
         num_gpus=s.gpus_per_actor)

@@ -38,6 +38,33 @@ def load_llm(model: str, seed: int = 0, dtype: str = "auto", max_model_len: int 
                enforce_eager=not torch.cuda.is_available(), **engine_kwargs)  # CUDA graphs pay off on GPU only
 
 
+# Engine arguments this project sets from its own keys: an engine_kwargs entry would fight them.
+_OWN = {"model": "the model key", "seed": "generate.seed", "dtype": "dtype", "max_model_len": "max_model_len",
+        "tensor_parallel_size": "tensor_parallel", "gpu_memory_utilization": "gpu_memory_utilization",
+        "enforce_eager": "the device (eager on CPU)", "runner": "score.scorer"}
+
+
+def check_engine_kwargs(key: str, kwargs: dict) -> None:
+    """``kwargs`` are vLLM engine arguments (``vllm.engine.arg_utils.EngineArgs``) this project does not set
+    itself; else one line naming the key (and the closest argument, for a typo), before Ray starts."""
+    import dataclasses
+    import difflib
+
+    from rlhf_ray.config import ConfigError
+
+    if not kwargs:
+        return
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    for name in kwargs:
+        if name in _OWN:
+            raise ConfigError(f"{key}.{name}: set by this project; use {_OWN[name]}")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(f"{key}.{name}: not a vLLM engine argument" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def memory_share(configured: float, gpus: float) -> float:
     """vLLM's share of its GPU's memory: ``configured``, else 0.9 of the fraction Ray reserved, so that
     engines sharing one GPU (two actors at 0.5, a policy and a scorer) fit; vLLM's own default takes 0.9

@@ -15,7 +15,7 @@ import time
 from rlhf_ray import cluster, storage
 from rlhf_ray.config import PipelineConfig
 from rlhf_ray.engines.actor_pool import check_gpus
-from rlhf_ray.engines.vllm_engine import memory_share
+from rlhf_ray.engines.vllm_engine import check_engine_kwargs, memory_share
 from rlhf_ray.run_layout import RunDir
 from rlhf_ray.serve.api import key_digest
 from rlhf_ray.serve.deployments import Generator, Scorer
@@ -59,13 +59,14 @@ def build(cfg: PipelineConfig):
     """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
     s = cfg.serve
     check_gpus("serve.generator.num_gpus", s.generator.num_gpus)
+    check_engine_kwargs("serve.engine_kwargs", s.engine_kwargs)
     policy, rm = resolve_models(cfg)
     key = os.environ.get(s.api_key_env)
     # Every request the ingress lets through joins the engine's running batch (vLLM's scheduler queues
     # what does not fit): the generator must not be a narrower queue than the ingress (Serve's default is 5).
     generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
         policy, s.max_model_len, cfg.generate.seed, cfg.generate.threads, s.tensor_parallel,  # seed, threads: as offline
-        memory_share(s.gpu_memory_utilization, s.generator.num_gpus))
+        memory_share(s.gpu_memory_utilization, s.generator.num_gpus), dict(s.engine_kwargs))
     scorer = Scorer.options(**_options(s.scorer)).bind(rm, s.template, s.score_max_len, cfg.score.dtype)
     # Serve lets every request through to the app, which admits, queues or refuses it (see ingress.Frontend).
     return BestOfN.options(max_ongoing_requests=1000, max_queued_requests=-1, **_options(s.ingress)).bind(

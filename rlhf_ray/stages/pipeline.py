@@ -11,10 +11,11 @@ from rlhf_ray.stages import policy_eval, rejection_sampling, reward_model, rm_ev
 
 
 def run(cfg: PipelineConfig) -> Path:
-    from rlhf_ray.engines import actor_pool, scorers
+    from rlhf_ray.engines import actor_pool, scorers, vllm_engine
 
     # The GPU requests of the later stages, before the first one trains for an hour.
     actor_pool.check_gpus("generate.gpus_per_actor", cfg.generate.gpus_per_actor)
+    vllm_engine.check_engine_kwargs("generate.engine_kwargs", cfg.generate.engine_kwargs)
     scorers.check_score_gpus(cfg.score)
     if cfg.sft.data.train or cfg.task.name != "none":
         policy = str(sft.run(cfg))

@@ -23,8 +23,8 @@ from typing import Iterator, Protocol
 import ray.train
 import torch
 
-from rlhf_ray import manifest, progress, storage, tracking
-from rlhf_ray.run_layout import METRICS, MODEL
+from rlhf_ray import manifest, models, progress, storage, tracking
+from rlhf_ray.run_layout import ADAPTER, METRICS, MODEL
 from rlhf_ray.config import ScalingConfig, TrainConfig
 from rlhf_ray.train import loop
 
@@ -309,5 +309,11 @@ def export_checkpoint(result, out_dir: Path) -> Path:
             raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no *.safetensors: its upload to "
                                f"{result.checkpoint.filesystem.type_name} storage did not complete")
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(ckpt, target, ignore=shutil.ignore_patterns(STATE_FILE))
+        if (Path(ckpt) / "adapter_config.json").exists():  # LoRA: the adapter, and the model merged for vLLM
+            adapter = out_dir / ADAPTER
+            shutil.rmtree(adapter, ignore_errors=True)
+            shutil.copytree(ckpt, adapter, ignore=shutil.ignore_patterns(STATE_FILE))
+            models.merge_adapter(adapter, target)
+        else:
+            shutil.copytree(ckpt, target, ignore=shutil.ignore_patterns(STATE_FILE))
     return target

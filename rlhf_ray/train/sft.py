@@ -81,10 +81,30 @@ class SFTRecipe:
         return models.chat_tokenizer(p.name, p.template, p.trust_remote_code)
 
     def load_model(self, tokenizer, source: str | None):
-        p = self.policy
-        model = models.load_policy(source or models.local_path(p.name), p.dtype, p.trust_remote_code)
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        """The policy, or the checkpoint ``source`` to resume; with ``train.lora_r`` the base model frozen
+        under rank-r LoRA adapters (peft), resumed from a checkpoint's adapter."""
+        p, t = self.policy, self.train
+        lora = t.lora_r > 0
+        model = models.load_policy(models.local_path(p.name) if lora or not source else source, p.dtype,
+                                   p.trust_remote_code, p.attn_implementation)
+        resized = len(tokenizer) > model.get_input_embeddings().num_embeddings
+        if resized:
             model.resize_token_embeddings(len(tokenizer))
+        if t.gradient_checkpointing:
+            model.config.use_cache = False  # the cache is for generation; with recomputation it only costs memory
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora:
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if source:
+                return PeftModel.from_pretrained(model, source, is_trainable=True)
+            target = t.lora_target if t.lora_target == "all-linear" else [m.strip() for m in t.lora_target.split(",")]
+            # Rows for tokens the template added are new: they train (and are saved) in full, or the merged
+            # model would get other random rows than the ones trained with.
+            embeddings = {model.get_input_embeddings(), model.get_output_embeddings()}
+            full = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m in embeddings}) if resized else None
+            return get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                                    target_modules=target, modules_to_save=full, task_type="CAUSAL_LM"))
         return model
 
     def micro_batches(self, shard, epoch: int, tokenizer):

@@ -111,3 +111,23 @@ def test_a_request_the_engine_drops_fails_its_call_instead_of_hanging(tiny_vllm_
 def test_an_engine_that_cannot_load_fails_the_constructor(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         VLLMGenerator(str(tmp_path / "missing"), {"n": 2, "max_tokens": 8}, 256)
+
+
+def engine_settings(model_dir: str) -> tuple[int, bool]:
+    g = VLLMGenerator(model_dir, {"n": 1, "max_tokens": 8}, 512,
+                      engine_kwargs={"max_num_seqs": 3, "enable_prefix_caching": False})
+    config = g.engine.llm.llm_engine.vllm_config
+    return config.scheduler_config.max_num_seqs, config.cache_config.enable_prefix_caching
+
+
+def test_engine_kwargs_reach_vllm_and_a_misspelt_one_is_one_line(tiny_vllm_policy_dir):
+    from rlhf_ray.config import ConfigError
+    from rlhf_ray.engines.vllm_engine import check_engine_kwargs
+
+    assert in_fresh_process(engine_settings, str(tiny_vllm_policy_dir)) == (3, False)
+    check_engine_kwargs("generate.engine_kwargs", {"enable_prefix_caching": True, "quantization": "fp8"})
+    with pytest.raises(ConfigError, match=r"^generate.engine_kwargs.enable_prefix_cachin: not a vLLM engine argument "
+                                          r"\(did you mean enable_prefix_caching\?\)$"):
+        check_engine_kwargs("generate.engine_kwargs", {"enable_prefix_cachin": True})
+    with pytest.raises(ConfigError, match=r"^serve.engine_kwargs.max_model_len: set by this project; use max_model_len$"):
+        check_engine_kwargs("serve.engine_kwargs", {"max_model_len": 4096})

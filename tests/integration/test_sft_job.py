@@ -195,6 +195,27 @@ def test_two_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_di
     assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_lora_on_two_workers_saves_the_adapter_and_a_merged_model_vllm_stages_read(ray_cluster, tiny_policy_dir,
+                                                                                   tmp_path, strategy):
+    from peft import PeftModel
+
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.scaling.num_workers=2", "sft.train.micro_batch_size=2",
+                   "sft.train.epochs=1", "sft.train.lora_r=4", "sft.train.lr=0.05", "sft.train.gradient_checkpointing=true",
+                   f"sft.scaling.strategy={strategy}")
+    model_dir = sft.run(cfg)
+    adapter = tmp_path / "sft" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (model_dir / "model.safetensors").exists()
+    assert manifest.read(tmp_path / "sft")["counts"]["steps"] == 6
+    merged = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_policy_dir), adapter).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        assert (merged(input_ids=ids).logits - base(input_ids=ids).logits).abs().max() > 1e-4  # the adapters learned
+
+
 def test_a_template_that_would_train_the_wrong_tokens_stops_the_job_before_training(tiny_policy_dir, tmp_path,
                                                                                      capsys):
     import trl
