@@ -88,7 +88,9 @@ class DataConfig:
     # hub:NAME[:SPLIT][?config=C&revision=R]; rows in TRL's dataset shapes (docs/data-formats.md)
     train: tuple[str, ...] = field(default=(), metadata=_path("file"))
     eval: tuple[str, ...] = field(default=(), metadata=_path("file"))
-    adapter: str | None = None            # hh, gsm8k, gsm8k_solutions, gsm8k_prm, alpaca_seed, or module:callable (record -> rows)
+    # a built-in (hh, gsm8k, gsm8k_solutions, gsm8k_prm, alpaca, alpaca_seed), a module:callable (record ->
+    # rows), or a column map {their name: ours} such as {question: prompt, best_answer: completion}
+    adapter: str | dict | None = None
     eval_rows: int = 0                    # without eval files: hold out the last N rows of train
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_rows: Literal["error", "quarantine"] = "error"
@@ -178,7 +180,7 @@ class RMSamplesConfig:
     correct / incorrect by a checker (InstructGPT ranks the policy's samples; Cobbe et al. 2021 train
     verifiers on the model's own solutions)."""
     prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # prompts with gold answers; empty: the task's rm_prompts
-    adapter: str | None = None            # e.g. gsm8k
+    adapter: str | dict | None = None      # as sft.data.adapter
     limit: int = 0
     n: int = 8                            # samples per prompt
     temperature: float = 1.0
@@ -266,7 +268,7 @@ class TaskConfig:
 class GenerateConfig:
     model_dir: str = field(default="", metadata=_path("model"))  # empty: RUN_DIR/sft/model
     prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # prompt files; empty: the generated task's prompts
-    adapter: str | None = None            # e.g. gsm8k
+    adapter: str | dict | None = None      # as sft.data.adapter
     limit: int = 0
     n: int = 4                            # completions per prompt
     greedy: bool = False                  # also one temperature-0 answer per prompt (sample_idx n, column greedy)
@@ -386,7 +388,7 @@ class RSConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     prompts: tuple[str, ...] = field(default=(), metadata=_path("file"))  # held-out prompts; empty: the generated task's eval prompts
-    adapter: str | None = None
+    adapter: str | dict | None = None      # as sft.data.adapter
     limit: int = 0
     bon_n: tuple[int, ...] = (1, 2, 4, 8) # best-of-N curve of the SFT policy (N_max samples per prompt)
     policy_samples: int = 4               # samples per prompt for the RS and baseline policies

@@ -97,7 +97,8 @@ def build(cls, data: dict, where: str = "config", prefix: str = ""):
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
-        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING \
+                and dataclasses.is_dataclass(hints[name]):
             # A partial section keeps the section's own defaults (RM training differs from SFT's).
             value = _merge(dataclasses.asdict(f.default_factory()), value)
         kwargs[name] = _coerce(hints[name], value, where, prefix + name)

@@ -315,10 +315,19 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
-def get_adapter(name: str | None) -> Adapter | None:
-    """A built-in adapter by name, or a user's ``module:callable`` (record → list of rows)."""
+def get_adapter(name: str | dict | None) -> Adapter | None:
+    """A built-in adapter by name, a user's ``module:callable`` (record → list of rows), or a column map
+    (``{their column: ours}``: each record renamed, its other columns kept)."""
     if name is None:
         return None
+    if isinstance(name, dict):
+        mapping = dict(name)
+
+        def renamed(record: dict) -> list[dict]:
+            if not isinstance(record, dict):
+                raise RowError("<record>", f"must be a JSON object, got {type(record).__name__}")
+            return [{mapping.get(k, k): v for k, v in record.items()}]
+        return renamed
     if ":" in name:
         from rlhf_ray.core import rewards
 
@@ -331,7 +340,7 @@ def get_adapter(name: str | None) -> Adapter | None:
 # ---------------------------------------------------------------- records
 
 
-def parse_file(path: str | Path, kind: str, adapter: str | None = None) -> Iterator[Record]:
+def parse_file(path: str | Path, kind: str, adapter: str | dict | None = None) -> Iterator[Record]:
     """Every row a file yields, validated against ``kind`` (after the adapter, if any). A storage URI
     is read through this node's cache and named by its URI; a hub dataset is named ``hub:NAME:SPLIT``."""
     from rlhf_ray import storage
@@ -351,7 +360,7 @@ def parse_file(path: str | Path, kind: str, adapter: str | None = None) -> Itera
             yield Record(file, line, None, e.field, e.reason, raw)
 
 
-def read_records(paths: Iterable[str | Path], kind: str, adapter: str | None = None,
+def read_records(paths: Iterable[str | Path], kind: str, adapter: str | dict | None = None,
                  on_bad_rows: OnBadRows = "error", quarantine: list[Record] | None = None) -> Iterator[dict]:
     """Good rows in order. A bad one raises ``BadRecord``, or with ``quarantine`` goes to that list."""
     for path in paths:
@@ -469,7 +478,7 @@ def source_names(files: Iterable[str]) -> dict[str, str]:
 _WHOLE_FILE = "<file>"
 
 
-def _records_for_file(item: dict, kind: str, adapter: str | None) -> Iterator[dict]:
+def _records_for_file(item: dict, kind: str, adapter: str | dict | None) -> Iterator[dict]:
     try:
         for rec in parse_file(item["path"], kind, adapter):
             # Later stages (tokenization) still name the file and line of a row they reject.
@@ -481,7 +490,7 @@ def _records_for_file(item: dict, kind: str, adapter: str | None) -> Iterator[di
         yield {"row": None, "file": item["path"], "line": 0, "field": _WHOLE_FILE, "reason": str(e), "raw": None}
 
 
-def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | None = None,
+def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | dict | None = None,
                  on_bad_rows: OnBadRows = "error", quarantine_path: str | Path | None = None):
     """Validated rows as a Ray Dataset, and the number of quarantined ones.
 
@@ -572,7 +581,7 @@ def split_bad_rows(tagged, on_bad_rows: OnBadRows, quarantine_path: str | Path |
     return tagged.filter(lambda r: r["reason"] is None).select_columns(keep).materialize(), n_bad
 
 
-def first_rows(files: list[str], kind: str, adapter: str | None, sample: int = 32) -> list:
+def first_rows(files: list[str], kind: str, adapter: str | dict | None, sample: int = 32) -> list:
     """The first ``sample`` good records of ``files``, as read for training."""
     from itertools import islice
 

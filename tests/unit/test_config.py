@@ -310,3 +310,10 @@ def test_the_example_configs_load_and_read_no_file_a_public_clone_lacks():
                     yield from (value if isinstance(value, tuple) else [value] if value else [])
 
         assert all(v.startswith("hub:") for v in inputs(cfg)), (name, list(inputs(cfg)))
+
+
+def test_engine_kwargs_take_a_mapping_or_dotted_keys():
+    cfg = config_load.load(PipelineConfig, None, ["generate.engine_kwargs={enable_prefix_caching: true}",
+                                                  "serve.engine_kwargs.max_num_seqs=64"])
+    assert cfg.generate.engine_kwargs == {"enable_prefix_caching": True} and cfg.serve.engine_kwargs == {"max_num_seqs": 64}
+    assert config_load.load(PipelineConfig, None, []).score.engine_kwargs == {}

@@ -317,3 +317,14 @@ def test_a_hub_dataset_that_cannot_be_loaded_offline_is_one_line(tmp_path, monke
                                          r"option cfg\)"):
         data.hub_spec("hub:a/b?cfg=x")
     assert data.hub_spec("hub:openai/gsm8k:train[2000:]?config=main") == ("openai/gsm8k", "train[2000:]", {"config": "main"})
+
+
+def test_a_column_map_renames_a_datasets_columns_to_the_ones_a_stage_reads(tmp_path):
+    from rlhf_ray import config_load
+    from rlhf_ray.config import PipelineConfig
+
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "What is 2 + 2?", "best_answer": "4", "id": 7}) + "\n")
+    cfg = config_load.load(PipelineConfig, None, ["sft.data.adapter={question: prompt, best_answer: completion}"])
+    assert cfg.sft.data.adapter == {"question": "prompt", "best_answer": "completion"}
+    (rec,) = data.parse_file(tmp_path / "qa.jsonl", "sft", cfg.sft.data.adapter)
+    assert rec.row == {"messages": [U, A4], "id": 7}
