@@ -29,23 +29,66 @@ def load(cls, path: str | Path | None = None, overrides: Sequence[str] = (), bas
         source = str(path)
         try:
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+                data = yaml.load(f, _NoDuplicates) or {}
         except IsADirectoryError:
             raise ConfigError(f"{path}: a folder, not a config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # one line: the file's line and what is wrong there
+            mark = getattr(e, "problem_mark", None)
+            raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: "
+                              f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.load(raw, _NoDuplicates) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it, "
+                              f"e.g. {key}='...'") from None
+        _set_dotted(data, key.strip(), value)
     cfg = absolute_paths(build(cls, data, source), Path(base) if base is not None else Path.cwd())
     if isinstance(cfg, PipelineConfig):
         cfg = task_checkers(cfg, source)
         _check_paths(cfg, source)
+        _check_functions(cfg, source)
     return cfg
+
+
+class _NoDuplicates(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_functions(cfg: "PipelineConfig", where: str) -> None:
+    """Every reward function and adapter the config names imports, before a stage trains for an hour."""
+    from rlhf_ray import data
+    from rlhf_ray.core import rewards
+
+    for key, spec in (("eval.gold", cfg.eval.gold), ("rs.rule_reward", cfg.rs.rule_reward),
+                      ("reward.samples.checker", cfg.reward.samples.checker), ("score.function", cfg.score.function)):
+        if spec:
+            try:
+                rewards.load(spec)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {key}={spec}: {str(e).removeprefix(f'reward function {spec!r}: ')}") from None
+    for key, spec in (("sft.data.adapter", cfg.sft.data.adapter), ("reward.data.adapter", cfg.reward.data.adapter),
+                      ("reward.samples.adapter", cfg.reward.samples.adapter), ("generate.adapter", cfg.generate.adapter),
+                      ("eval.adapter", cfg.eval.adapter)):
+        try:
+            data.get_adapter(spec)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {key}: {e}") from None
 
 
 def packaged() -> dict[str, Path]:
@@ -71,7 +114,11 @@ def _check_paths(cfg: "PipelineConfig", where: str) -> None:
         for parent in [run_dir, *run_dir.parents]:
             if parent.exists() and not parent.is_dir():
                 raise ConfigError(f"{where}: run_dir={cfg.run_dir}: {parent} is a file, not a folder")
-    for key, name in (("policy.name", cfg.policy.name), ("reward.model.name", cfg.reward.model.name)):
+    models = (("policy.name", cfg.policy.name), ("reward.model.name", cfg.reward.model.name),
+              ("generate.model_dir", cfg.generate.model_dir), ("score.model_dir", cfg.score.model_dir),
+              ("eval_rm.model_dir", cfg.eval_rm.model_dir), ("serve.policy", cfg.serve.policy),
+              ("serve.reward_model", cfg.serve.reward_model))
+    for key, name in models:
         if os.path.isabs(name) and not (Path(name).is_dir() and any(Path(name).glob("*.safetensors"))):
             what = "holds no *.safetensors" if Path(name).is_dir() else "does not exist"
             raise ConfigError(f"{where}: {key}={name}: the folder {what} (use default, a hub id, or a Hugging Face "

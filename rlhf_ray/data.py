@@ -135,6 +135,8 @@ def _iter_jsonl(path: Path):
                 yield n, json.loads(text), None
             except json.JSONDecodeError as e:
                 yield n, text.rstrip("\r\n"), f"invalid JSON: {e.msg} at column {e.colno}"
+            except RecursionError:
+                yield n, text[:200], "JSON nested too deep"
 
 
 def _iter_parquet(path: Path):

@@ -59,19 +59,20 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
-    n: int | None = Field(None, ge=1)  # choices returned: the top n candidates by reward
-    best_of: int | None = Field(None, ge=1)  # candidates sampled and scored (vLLM's extension; default n, else serve.default_candidates)
+    # Integers are integers: true is not 1 (strict), as OpenAI's own validation reads them.
+    n: int | None = Field(None, ge=1, strict=True)  # choices returned: the top n candidates by reward
+    best_of: int | None = Field(None, ge=1, strict=True)  # candidates sampled and scored (vLLM's extension; default n, else serve.default_candidates)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens; wins when both are given
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)  # OpenAI's newer name for max_tokens; wins when both are given
     stop: str | list[str] | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     logprobs: bool = False  # of the returned choices' tokens
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    seed: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True)
+    seed: int | None = Field(None, strict=True)
     stream: bool = False
     stream_options: dict | None = None  # include_usage: the last chunk carries usage (it always does here)
     user: str | None = None  # metadata: neither stored nor used

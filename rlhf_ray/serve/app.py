@@ -55,13 +55,14 @@ def unschedulable(s, resources: dict) -> str | None:
     return None
 
 
-def build(cfg: PipelineConfig):
-    """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress."""
+def build(cfg: PipelineConfig, key: str | None = None):
+    """The Serve application for a config: Generator and Scorer bound into the BestOfN ingress, which keeps
+    the SHA-256 of ``key`` (default: the variable serve.api_key_env names)."""
     s = cfg.serve
     check_gpus("serve.generator.num_gpus", s.generator.num_gpus)
     check_engine_kwargs("serve.engine_kwargs", s.engine_kwargs)
     policy, rm = resolve_models(cfg)
-    key = os.environ.get(s.api_key_env)
+    key = key or os.environ.get(s.api_key_env)
     # Every request the ingress lets through joins the engine's running batch (vLLM's scheduler queues
     # what does not fit): the generator must not be a narrower queue than the ingress (Serve's default is 5).
     generator = Generator.options(max_ongoing_requests=256, **_options(s.generator)).bind(
@@ -86,6 +87,9 @@ def run(cfg: PipelineConfig, blocking: bool = True):
     import ray
     from ray import serve
 
+    # The key leaves this process's environment before Ray starts: a local cluster's processes inherit the
+    # environment, and the replicas need only the digest the ingress is given.
+    key = os.environ.pop(cfg.serve.api_key_env, None)
     cluster.connect()
     problem = unschedulable(cfg.serve, ray.cluster_resources())
     if problem and not os.environ.get("RAY_ADDRESS"):  # a cluster this job started never grows
@@ -93,7 +97,7 @@ def run(cfg: PipelineConfig, blocking: bool = True):
     if problem:  # a cluster's autoscaler may still add the nodes
         print(f"[serve] warning: {problem}", flush=True)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    handle = serve.run(build(cfg), name="best-of-n", route_prefix="/", blocking=False)
+    handle = serve.run(build(cfg, key), name="best-of-n", route_prefix="/", blocking=False)
     print(f"[serve] best-of-N on http://{cfg.serve.host}:{cfg.serve.port}/v1/chat/completions", flush=True)
     while blocking:  # serve.run(blocking=True) also works, but this keeps the job's log quiet
         time.sleep(3600)

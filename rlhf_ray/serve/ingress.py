@@ -133,7 +133,8 @@ class Frontend:
         return self.per_request_seed
 
 
-app = FastAPI(title="rlhf_ray best-of-N")
+# No /docs, /redoc or /openapi.json: they would answer without the key.
+app = FastAPI(title="rlhf_ray best-of-N", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @app.exception_handler(ApiError)

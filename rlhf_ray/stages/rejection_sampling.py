@@ -32,6 +32,9 @@ def select(rs: RSConfig, gold: str, scored: Path, out: Path, min_reward: float |
     cell = {(p, j): i for i, (p, j) in enumerate(zip(df.prompt_id, df.sample_idx))}
     at = lambda column, missing: [[df[column][cell[(p, j)]] if (p, j) in cell else missing  # noqa: E731
                                    for j in range(r.shape[1])] for p in ids]
+    if rs.strategy == "top_k_overall" and rs.top_k > int(np.isfinite(r).sum()):
+        raise ValueError(f"rs.top_k={rs.top_k}: only {int(np.isfinite(r).sum())} scored candidates in {scored}; "
+                         f"keep fewer, or sample more (generate.n, generate.prompts)")
     usable, kept, rand = selection.choose(
         r, rs.strategy, rs.top_k, rs.seed, texts=at("completion", "") if rs.dedup else None,
         truncated=np.array(at("finish_reason", "")) == "length" if rs.drop_truncated else None,

@@ -317,3 +317,23 @@ def test_engine_kwargs_take_a_mapping_or_dotted_keys():
                                                   "serve.engine_kwargs.max_num_seqs=64"])
     assert cfg.generate.engine_kwargs == {"enable_prefix_caching": True} and cfg.serve.engine_kwargs == {"max_num_seqs": 64}
     assert config_load.load(PipelineConfig, None, []).score.engine_kwargs == {}
+
+
+def test_the_last_unclear_config_answers_are_one_line_before_work_starts(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("sft:\n  train:\n    lr: 1.0e-4\n    lr: 1.0e-3\n")
+    cases = [
+        ((twice, []), r"twice.yaml:4: not valid YAML: the key 'lr' is given twice"),
+        ((None, ["sft.train.lr=[1,"]), r"^override 'sft.train.lr=\[1,': the value is not valid YAML \(.*\); quote it"),
+        ((None, ["rs.rule_reward=my_missing_rules:ok"]), r"^overrides: rs.rule_reward=my_missing_rules:ok: cannot import "
+                                                         r"my_missing_rules"),
+        ((None, ["eval.gold=rlhf_ray.core.rewards:nope"]), r"eval.gold=rlhf_ray.core.rewards:nope: rlhf_ray.core.rewards "
+                                                           r"has no nope"),
+        ((None, ["sft.data.adapter=nosuch"]), r"sft.data.adapter: unknown adapter 'nosuch'"),
+        ((None, [f"generate.model_dir={tmp_path / 'gone'}"]), r"generate.model_dir=.*gone: the folder does not exist"),
+        ((tmp_path, []), r"a folder, not a config file"),
+    ]
+    for (path, overrides), message in cases:
+        with pytest.raises(ConfigError, match=message) as e:
+            config_load.load(PipelineConfig, path, overrides)
+        assert "\n" not in str(e.value).strip(), str(e.value)

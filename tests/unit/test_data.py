@@ -328,3 +328,9 @@ def test_a_column_map_renames_a_datasets_columns_to_the_ones_a_stage_reads(tmp_p
     assert cfg.sft.data.adapter == {"question": "prompt", "best_answer": "completion"}
     (rec,) = data.parse_file(tmp_path / "qa.jsonl", "sft", cfg.sft.data.adapter)
     assert rec.row == {"messages": [U, A4], "id": 7}
+
+
+def test_a_json_line_nested_too_deep_is_a_bad_row_not_a_recursion_error(tmp_path):
+    (tmp_path / "deep.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n" + json.dumps({"messages": [U, A4]}) + "\n")
+    deep, good = data.parse_file(tmp_path / "deep.jsonl", "sft")
+    assert (deep.line, deep.reason) == (1, "JSON nested too deep") and good.row == {"messages": [U, A4]}

@@ -310,3 +310,9 @@ def test_the_stream_is_openai_chunks_then_the_extras_then_done():
 def test_a_tie_or_nan_reward_picks_as_the_offline_selection_does():
     cands = [{"text": t, "finish_reason": "stop", "tokens": 1} for t in "abc"]
     assert api.response("m", {"prompt_token_ids": []}, cands, [float("nan"), 2.0, 2.0])["best_of_n"]["chosen_index"] == 1
+
+
+@pytest.mark.parametrize("field", ["n", "best_of", "max_tokens", "seed", "top_logprobs"])
+def test_a_boolean_is_not_an_integer(tokenizer, field):
+    e = refused(front(tokenizer), {"messages": ASK, field: True, **({"logprobs": True} if field == "top_logprobs" else {})})
+    assert e.status == 422 and e.param == field
