@@ -120,8 +120,33 @@ def add_template_tokens(tokenizer, template: str | None) -> int:
     return tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
 
 
+class ControlTokenError(TemplateError):
+    """A message's text holds a control token's string."""
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """Every special or added token's string (``<|im_start|>``, and SmolLM2's ``<file_sep>``,
+    ``<jupyter_code>``, ...), longest first: typed into a message, the tokenizer would read it as that token."""
+    added = (t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
+    return sorted({t for t in (*added, *tokenizer.all_special_tokens) if len(t) > 1}, key=len, reverse=True)
+
+
+def check_text(messages: Sequence[dict], tokenizer, field: str = "messages") -> None:
+    """Text stays text, one policy in every stage (SFT, reward data, prompts, serving): a message whose
+    content holds a control token's string is refused (``TemplateError`` naming the message and the
+    token), never rendered with the string turned into structure."""
+    tokens = control_tokens(tokenizer)
+    for i, m in enumerate(messages):
+        content = m.get("content") or ""
+        found = next((t for t in tokens if t in content), None)
+        if found:
+            raise ControlTokenError(f"{field}[{i}].content: holds the control token {found!r} (typed control tokens "
+                                f"are refused: the tokenizer would read them as structure)")
+
+
 def render_text(messages: Sequence[dict], tokenizer, template: str | None = None,
                 add_generation_prompt: bool = False, **template_kwargs) -> str:
+    check_text(messages, tokenizer)
     return tokenizer.apply_chat_template(
         list(messages), chat_template=resolve_template(tokenizer, template), tokenize=False,
         add_generation_prompt=add_generation_prompt, **template_kwargs,
@@ -192,6 +217,7 @@ def _encode(messages, tokenizer, template, add_generation_prompt, **kw) -> _Enco
 
 def render_prompt(messages: Sequence[dict], tokenizer, template: str | None = None, **template_kwargs) -> list[int]:
     """Generation-prompt mode: the exact tokens that training used as the prompt of the next assistant turn."""
+    check_text(messages, tokenizer)
     return _encode(messages, tokenizer, template, True, **template_kwargs).ids
 
 
@@ -203,6 +229,7 @@ def render(messages: Sequence[dict], tokenizer, mask: MaskStrategy = "all_assist
     and ends with the turn's end-of-turn token; separator whitespace the template writes after that
     token is not trained, since generation stops at the end token. ``input_ids`` do not depend on ``mask``.
     """
+    check_text(messages, tokenizer)
     rendered = _render(messages, tokenizer, mask, template, **template_kwargs)
     # Every row, not only the preflight's first ones: a template that rewrites earlier turns once later
     # ones exist (Qwen3 adds a think block only to the final turn) leaves those turns no span, and a

@@ -50,6 +50,8 @@ def tokenize_prompt(row: dict, model: str, template: str | None, max_prompt_toke
         ids = chat.render_prompt(list(row["prompt"]), tok, template)
         reason = f"{len(ids)} prompt tokens; the model's context leaves room for {max_prompt_tokens}" \
             if len(ids) > max_prompt_tokens else None
+    except chat.TemplateError as e:  # a control token typed into the prompt, or the template's own refusal
+        ids, reason = [], str(e)
     except (ValueError, jinja2.TemplateError) as e:  # the chat template rejects the conversation
         ids, reason = [], f"chat template: {e}"
     bad = reason is not None

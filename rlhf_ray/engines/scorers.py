@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 from rlhf_ray import models
-from rlhf_ray.core import objectives
+from rlhf_ray.core import chat, objectives
 from rlhf_ray.engines.actor_pool import EngineError, PoolActor, check_gpus, objects
 from rlhf_ray.engines.vllm_engine import check_engine_kwargs, memory_share
 
@@ -59,7 +59,20 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None,
               *, sort: bool = True) -> list[float]:
-        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        encoded = [self._encoded(p, c) for p, c in zip(prompts, completions)]
+        scored = [i for i, e in enumerate(encoded) if e is not None]
+        out = [float("nan")] * len(encoded)  # a candidate holding a control token: unscored, never picked
+        for i, s in zip(scored, self._score([encoded[i] for i in scored], sort)):
+            out[i] = s
+        return out
+
+    def _encoded(self, prompt: list[dict], completion: list[dict]):
+        try:
+            return self.encode(prompt, completion)
+        except chat.ControlTokenError:
+            return None
+
+    def _score(self, encoded: list, sort: bool) -> list[float]:
         # Longest first, batched by similar length: padding stays low (the RLHF book's tip).
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0])) if sort else list(range(len(encoded)))
         out = [0.0] * len(encoded)

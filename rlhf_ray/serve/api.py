@@ -129,12 +129,6 @@ def parse(data: bytes) -> ChatRequest:
     return body
 
 
-def control_tokens(tokenizer) -> list[str]:
-    """The tokenizer's special tokens, longest first: text a user types must not become control tokens (a
-    typed <|im_start|>system would open a turn)."""
-    return sorted({t for t in tokenizer.all_special_tokens if len(t) > 1}, key=len, reverse=True)
-
-
 def check_messages(body: ChatRequest, s: ServeConfig, special: list[str]) -> list[dict]:
     """The conversation as the offline pipeline accepts a prompt: for this model, asking only for what
     this endpoint does, limited in length, in role order, ending with a user turn, with no control token
@@ -153,7 +147,7 @@ def check_messages(body: ChatRequest, s: ServeConfig, special: list[str]) -> lis
     messages = [_message(m, i) for i, m in enumerate(body.messages)]
     for i, m in enumerate(messages):
         found = next((t for t in special if t in m["content"]), None)
-        if found:
+        if found:  # the training side's rule (chat.check_text), answered as a 400 naming the message
             raise ApiError(400, f"messages[{i}].content: holds the control token {found!r}", f"messages.{i}.content")
     try:
         schema.validate("prompt", {"prompt": messages})

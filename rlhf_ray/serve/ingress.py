@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from rlhf_ray import models
 from rlhf_ray.config import ServeConfig
-from rlhf_ray.core import selection
+from rlhf_ray.core import chat, selection
 from rlhf_ray.serve import api
 from rlhf_ray.serve.api import ApiError
 
@@ -62,7 +62,7 @@ class Frontend:
     def __init__(self, generator, scorer, s: ServeConfig, key_sha256: str | None, tokenizer, metrics):
         self.gen, self.scorer, self.s, self.tok, self.metrics = generator, scorer, s, tokenizer, metrics
         self.key_sha256 = key_sha256
-        self.special = api.control_tokens(tokenizer)
+        self.special = chat.control_tokens(tokenizer)
         self.per_request_seed: bool | None = None
         self.admitted = 0
         self.working = asyncio.Semaphore(s.max_ongoing_requests)
