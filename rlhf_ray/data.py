@@ -507,6 +507,9 @@ def read_dataset(paths: str | Iterable[str], kind: str, adapter: str | dict | No
     tagged = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(
         _records_for_file, fn_kwargs={"kind": kind, "adapter": adapter})
     good, n_bad = split_bad_rows(tagged, on_bad_rows, quarantine_path)
+    if n_bad and good.count() == 0:  # nothing left to train or sample on: say so, not a library's error later
+        raise DataFileError(f"{', '.join(files)}: all {n_bad} rows are bad (quarantined in {quarantine_path}); "
+                            f"the first lines there say why")
     # One schema over all files: a column that only some rows carry (a gold answer in a later file) is
     # kept, and null where a row lacks it; a column whose type differs between rows stops the stage.
     found = good.map_batches(_column_types, batch_format="numpy").take_all()

@@ -50,3 +50,12 @@ def test_a_hub_dataset_streams_through_ray_data_with_its_rows_named(ray_cluster,
     assert {r["_file"] for r in good.take_all()} == {spec}
     (quarantined,) = [json.loads(line) for line in open(tmp_path / "q.jsonl")]
     assert (quarantined["file"], quarantined["line"], quarantined["field"]) == (spec, 5, "completion[0].content")
+
+
+def test_a_file_whose_every_row_is_quarantined_is_one_line(ray_cluster, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n"
+                           for _ in range(3)))
+    with pytest.raises(data.DataFileError, match=r"bad\.jsonl: all 3 rows are bad \(quarantined in .*q\.jsonl\)"):
+        data.read_dataset([bad], "sft", on_bad_rows="quarantine", quarantine_path=tmp_path / "q.jsonl")
+    assert len((tmp_path / "q.jsonl").read_text().splitlines()) == 3
