@@ -74,13 +74,13 @@ def test_steps_reach_the_tracker_while_the_stage_trains(ray_cluster, tiny_policy
     log_step, log_stage = tracking.log_step, tracking.log_stage
     monkeypatch.setattr(tracking, "log_step", lambda out, m: (live.append((m["step"], time.time())), log_step(out, m)))
     monkeypatch.setattr(tracking, "log_stage", lambda *a: (finished.append(time.time()), log_stage(*a)))
-    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.train.epochs=2")
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir)
     with tracking.job(cfg, "sft"):
         sft.run(cfg)
     assert "[tracking] mlflow run " in capsys.readouterr().out
     # Every step was handed to the tracker by the driver before the stage finished, in order.
     logged = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
-    assert [s for s, _ in live] == [r["step"] for r in logged] == list(range(1, 13))
+    assert [s for s, _ in live] == [r["step"] for r in logged] == list(range(1, 7))
     assert max(t for _, t in live) <= finished[0]
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
     runs = mlflow.search_runs(experiment_names=["rlhf_ray"])
@@ -195,7 +195,8 @@ def test_two_workers_on_gloo_train_the_planned_steps(ray_cluster, tiny_policy_di
     assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+# FSDP2 with LoRA in the slow tier: the suite's time is kept for what nothing else covers.
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_lora_on_two_workers_saves_the_adapter_and_a_merged_model_vllm_stages_read(ray_cluster, tiny_policy_dir,
                                                                                    tmp_path, strategy):
     from peft import PeftModel
