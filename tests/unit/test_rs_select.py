@@ -74,3 +74,11 @@ def test_the_random_baseline_draws_repeated_answers_as_often_as_the_policy_sampl
     picks = [t for _, t in kept(paths["random"])]
     assert len(picks) == 200 and 0.65 < picks.count("= 5.") / 200 < 0.85
     assert manifest.read(tmp_path / "select")["counts"]["usable"] == 800
+
+
+def test_a_top_k_above_the_scored_candidates_is_one_line_not_a_short_selection(tmp_path):
+    import pytest
+
+    cfg = config_load.load(PipelineConfig, None, ["rs.strategy=top_k_overall", "rs.top_k=21"])
+    with pytest.raises(ValueError, match=r"^rs.top_k=21: only 20 scored candidates in .*scored; keep fewer"):
+        rejection_sampling.select(cfg.rs, cfg.eval.gold, scored(tmp_path), tmp_path / "select")
