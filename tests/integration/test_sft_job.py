@@ -74,7 +74,7 @@ def test_steps_reach_the_tracker_while_the_stage_trains(ray_cluster, tiny_policy
     log_step, log_stage = tracking.log_step, tracking.log_stage
     monkeypatch.setattr(tracking, "log_step", lambda out, m: (live.append((m["step"], time.time())), log_step(out, m)))
     monkeypatch.setattr(tracking, "log_stage", lambda *a: (finished.append(time.time()), log_stage(*a)))
-    cfg = tiny_cfg(tmp_path, tiny_policy_dir)
+    cfg = tiny_cfg(tmp_path, tiny_policy_dir, "sft.train.epochs=1")
     with tracking.job(cfg, "sft"):
         sft.run(cfg)
     assert "[tracking] mlflow run " in capsys.readouterr().out

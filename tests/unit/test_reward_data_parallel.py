@@ -54,6 +54,7 @@ def _worker(rank, world, port, strategy, dirs, out):
                                       "held_out": held_out}
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 

@@ -87,6 +87,7 @@ def _ddp_worker(rank, world, port, tok_dir, examples, out):
     loop.train_step(model, opt, sched, [micro_batch(mine, True, tok.pad_token_id)], sft_loss, 1e9, "cpu")
     if rank == 0:
         torch.save(torch.cat([p.detach().flatten() for p in model.module.parameters()]), out)
+    dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 
@@ -151,6 +152,7 @@ def _fsdp_worker(rank, world, port, tok_dir, examples, out):
     if rank == 0:
         torch.save({"params": torch.cat([full[n].flatten() for n, _ in model.named_parameters()]),
                     "sharded_modules": sharded, "grad_norm": res.grad_norm}, out)
+    dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 
