@@ -237,9 +237,10 @@ def response(model_name: str, request: dict, candidates: list[dict], rewards) ->
                                           "total_tokens": prompt_tokens + completion_tokens}}
     if rewards is None:
         return {**out, "choices": [choice(i, c) for i, c in enumerate(candidates)]}
-    order = selection.ranked(rewards)[:request.get("choices", 1)]
+    scored = [r for r in rewards if r == r]  # NaN: a candidate the scorer left unscored (a control token)
+    order = (selection.ranked(rewards) if scored else list(range(len(candidates))))[:request.get("choices", 1)]
     return {**out, "choices": [choice(i, candidates[j]) for i, j in enumerate(order)],
-            "best_of_n": {"chosen_index": order[0], "rewards": [float(r) for r in rewards],
+            "best_of_n": {"chosen_index": order[0], "rewards": [float(r) if r == r else None for r in rewards],
                           "candidates": [c["text"] for c in candidates]}}
 
 

@@ -48,7 +48,7 @@ class Metrics:
     def observe(self, n: int, generation_s: float, scoring_s: float, rewards) -> None:
         self.candidates.observe(n)
         self.generation.observe(generation_s)
-        if rewards is not None:
+        if rewards is not None and any(r == r for r in rewards):  # not when every candidate went unscored
             best = selection.best_of_n(rewards)
             self.scoring.observe(scoring_s)
             self.reward.set(float(rewards[best]))

@@ -316,3 +316,13 @@ def test_a_tie_or_nan_reward_picks_as_the_offline_selection_does():
 def test_a_boolean_is_not_an_integer(tokenizer, field):
     e = refused(front(tokenizer), {"messages": ASK, field: True, **({"logprobs": True} if field == "top_logprobs" else {})})
     assert e.status == 422 and e.param == field
+
+
+def test_unscored_candidates_are_null_rewards_never_picked_and_the_answer_stays_valid_json():
+    cands = [{"text": t, "finish_reason": "stop", "tokens": 1} for t in "ab"]
+    some = api.response("m", {"prompt_token_ids": [], "choices": 2}, cands, [float("nan"), 0.5])
+    assert some["best_of_n"]["rewards"] == [None, 0.5] and some["best_of_n"]["chosen_index"] == 1
+    assert [c["message"]["content"] for c in some["choices"]] == ["b", "a"]
+    none = api.response("m", {"prompt_token_ids": []}, cands, [float("nan"), float("nan")])
+    assert none["best_of_n"]["chosen_index"] == 0 and none["choices"][0]["message"]["content"] == "a"
+    json.dumps(some, allow_nan=False), json.dumps(none, allow_nan=False)  # Starlette refuses NaN
