@@ -86,8 +86,8 @@ def _iter_any(path: Path):
                             f".parquet, a datasets folder or hub:NAME)")
 
 
-def _open(path: Path, mode: str = "rb"):
-    return gzip.open(path, mode) if path.name.endswith(".gz") else open(path, mode)
+def _open(path: Path, mode: str = "rb", **text):
+    return gzip.open(path, mode, **text) if path.name.endswith(".gz") else open(path, mode, **text)
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:
@@ -100,8 +100,8 @@ def _iter_json_array(path: Path):
     with _open(path) as f:
         try:
             records = json.loads(f.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataFileError(f"{path}: not a valid JSON array in UTF-8: {e}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise DataFileError(f"{path}: not a valid JSON array in UTF-8: {type(e).__name__}: {e}") from None
     yield from ((n, record, None) for n, record in enumerate(records, start=1))
 
 
@@ -109,7 +109,7 @@ def _iter_csv(path: Path):
     """CSV with a header row: each row a record of strings, numbered by its line in the file."""
     import csv
 
-    with _open(path, "rt") as f:
+    with _open(path, "rt", encoding="utf-8", newline="") as f:  # newline="": csv handles quoted line breaks
         try:
             reader = csv.DictReader(f)
             for row in reader:

@@ -234,6 +234,9 @@ class RewardModel(torch.nn.Module):
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
 
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
     def save_pretrained(self, path, state_dict=None, **kwargs):
         """The backbone's HF folder (what transformers and vLLM load); a ``state_dict`` of this module, as
         gathered from DDP or FSDP, is saved under the backbone's own names."""
@@ -250,9 +253,9 @@ def load_reward_model(name: str, objective: str, tokenizer, dtype: str = "float3
 
 
 def check_template(model, mask: str, check: str, key: str, examples: list[tuple[str, list]]) -> None:
-    """The mask doctor on a ``config.ModelConfig``'s chat template with ``(file:line, messages)`` examples, before any training: a template that would
-    train the wrong tokens stops the job (``key``=warn: a warning), naming the template, the example and
-    the fix."""
+    """The mask doctor on a ``config.ModelConfig``'s chat template with ``(file:line, messages)`` examples,
+    before any training: a template that would train the wrong tokens stops the job (``key``=warn: a
+    warning), naming the template, the example and the fix."""
     problem = chat.preflight(examples, chat_tokenizer(model.name, model.template, model.trust_remote_code),
                              model.template, mask)
     if problem and check == "error":

@@ -40,37 +40,44 @@ def _join(root: Where, *parts: str) -> Where:
 
 
 @dataclass(frozen=True)
-class Round:
-    """One rejection-sampling round's folder."""
+class _Folder:
+    """A folder of the run whose stages write ``generate/`` and ``score/`` (the run itself, a round)."""
     root: Where
+
+    def _at(self, *parts: str) -> Where:
+        return _join(self.root, *parts)
 
     @property
     def generate(self) -> Where:
-        return _join(self.root, "generate")
+        return self._at("generate")
 
     @property
     def score(self) -> Where:
-        return _join(self.root, "score")
+        return self._at("score")
+
+
+class Round(_Folder):
+    """One rejection-sampling round's folder."""
 
     @property
     def select(self) -> Where:
-        return _join(self.root, "select")
+        return self._at("select")
 
     @property
     def top(self) -> Where:
-        return _join(self.root, "top")
+        return self._at("top")
 
     @property
     def random(self) -> Where:
-        return _join(self.root, "random")
+        return self._at("random")
 
     @property
     def scored(self) -> Where:
-        return _join(self.score, SCORED)
+        return self._at("score", SCORED)
 
     @property
     def kept(self) -> Where:
-        return _join(self.select, KEPT)
+        return self._at("select", KEPT)
 
     @property
     def top_model(self) -> Where:
@@ -86,55 +93,46 @@ def finetuned_model(out: Where) -> Where:
     return _join(out, "sft", MODEL)
 
 
-@dataclass(frozen=True)
-class RunDir:
-    root: Where  # a local folder, or a storage URI
+class RunDir(_Folder):
+    """The run folder (a local folder, or a storage URI)."""
 
     @property
     def data(self) -> Where:
-        return _join(self.root, "data")
+        return self._at("data")
 
     @property
     def sft(self) -> Where:
-        return _join(self.root, "sft")
+        return self._at("sft")
 
     @property
     def sft_model(self) -> Where:
-        return _join(self.sft, MODEL)
+        return self._at("sft", MODEL)
 
     @property
     def rm_data(self) -> Where:
-        return _join(self.root, "rm_data")
+        return self._at("rm_data")
 
     @property
     def rm(self) -> Where:
-        return _join(self.root, "rm")
+        return self._at("rm")
 
     @property
     def rm_model(self) -> Where:
-        return _join(self.rm, MODEL)
+        return self._at("rm", MODEL)
 
     @property
     def eval_rm(self) -> Where:
-        return _join(self.root, "eval_rm")
-
-    @property
-    def generate(self) -> Where:
-        return _join(self.root, "generate")
+        return self._at("eval_rm")
 
     @property
     def candidates(self) -> Where:
-        return _join(self.generate, CANDIDATES)
-
-    @property
-    def score(self) -> Where:
-        return _join(self.root, "score")
+        return self._at("generate", CANDIDATES)
 
     def rs_round(self, r: int) -> Round:
-        return Round(_join(self.root, "rs", f"round{r}"))
+        return Round(self._at("rs", f"round{r}"))
 
     def rule_round(self, r: int) -> Round:
-        return Round(_join(self.root, "rs_rule", f"round{r}"))
+        return Round(self._at("rs_rule", f"round{r}"))
 
     def final_policies(self, rounds: int) -> dict[str, Where]:
         """The policies evaluation compares, by name: SFT, then the last round's RS, random and rule picks."""
@@ -143,19 +141,19 @@ class RunDir:
 
     @property
     def eval(self) -> Where:
-        return _join(self.root, "eval")
+        return self._at("eval")
 
     def eval_samples(self, policy: str) -> Where:
-        return _join(self.eval, policy)
+        return self._at("eval", policy)
 
     @property
     def results(self) -> Where:
-        return _join(self.eval, "results.json")
+        return self._at("eval", "results.json")
 
     @property
     def per_prompt(self) -> Where:
-        return _join(self.eval, "per_prompt.json")
+        return self._at("eval", "per_prompt.json")
 
     @property
     def report(self) -> Where:
-        return _join(self.root, "report.html")
+        return self._at("report.html")

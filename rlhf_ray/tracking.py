@@ -75,7 +75,7 @@ def log_step(out: Path, metrics: dict) -> None:
     """One training step's figures (rank 0's report) while the stage that writes ``out`` trains."""
     label = _label(out) or Path(out).name
     step = int(metrics["step"])
-    _state["backend"].step(label, step, {k: float(v) for k, v in metrics.items() if k != "step" and _number(v)})
+    _state["backend"].step(label, step, _step_figures(metrics))
     _state["live"][label] = max(step, _state["live"].get(label, 0))
 
 
@@ -88,8 +88,7 @@ def log_stage(name: str, out: Path, section: dict, manifest: dict) -> None:
     steps = out / "metrics.jsonl"
     rows = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()] if steps.exists() else []
     logged = _state["live"].pop(label, 0)  # steps already streamed while the stage trained
-    history = [(int(r["step"]), {k: float(v) for k, v in r.items() if k != "step" and _number(v)}) for r in rows
-               if int(r["step"]) > logged]
+    history = [(int(r["step"]), _step_figures(r)) for r in rows if int(r["step"]) > logged]
     files = [out / f for f in ("manifest.json", "quarantine.jsonl", "quarantine_eval.jsonl") if (out / f).exists()]
     _state["backend"].stage(name, label, _flat(section), {k: float(v) for k, v in figures.items() if _number(v)},
                             history, files)
@@ -278,6 +277,11 @@ class _TensorBoard:
 
 
 _BACKENDS = {"mlflow": _MLflow, "wandb": _WandB, "tensorboard": _TensorBoard}
+
+
+def _step_figures(row: dict) -> dict[str, float]:
+    """A metrics.jsonl row's numbers, but its step."""
+    return {k: float(v) for k, v in row.items() if k != "step" and _number(v)}
 
 
 def _number(v) -> bool:

@@ -121,7 +121,11 @@ def add_template_tokens(tokenizer, template: str | None) -> int:
 
 
 class ControlTokenError(TemplateError):
-    """A message's text holds a control token's string."""
+    """Message ``index``'s text holds a control token's string."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
 
 
 def control_tokens(tokenizer) -> list[str]:
@@ -131,22 +135,21 @@ def control_tokens(tokenizer) -> list[str]:
     return sorted({t for t in (*added, *tokenizer.all_special_tokens) if len(t) > 1}, key=len, reverse=True)
 
 
-def check_text(messages: Sequence[dict], tokenizer, field: str = "messages") -> None:
+def check_text(messages: Sequence[dict], tokens: Sequence[str]) -> None:
     """Text stays text, one policy in every stage (SFT, reward data, prompts, serving): a message whose
-    content holds a control token's string is refused (``TemplateError`` naming the message and the
-    token), never rendered with the string turned into structure."""
-    tokens = control_tokens(tokenizer)
+    content holds one of ``tokens`` (``control_tokens``) is refused, naming the message and the token,
+    never rendered with the string turned into structure."""
     for i, m in enumerate(messages):
         content = m.get("content") or ""
         found = next((t for t in tokens if t in content), None)
         if found:
-            raise ControlTokenError(f"{field}[{i}].content: holds the control token {found!r} (typed control tokens "
-                                f"are refused: the tokenizer would read them as structure)")
+            raise ControlTokenError(f"messages[{i}].content: holds the control token {found!r} (typed control "
+                                    f"tokens are refused: the tokenizer would read them as structure)", i)
 
 
 def render_text(messages: Sequence[dict], tokenizer, template: str | None = None,
                 add_generation_prompt: bool = False, **template_kwargs) -> str:
-    check_text(messages, tokenizer)
+    check_text(messages, control_tokens(tokenizer))
     return tokenizer.apply_chat_template(
         list(messages), chat_template=resolve_template(tokenizer, template), tokenize=False,
         add_generation_prompt=add_generation_prompt, **template_kwargs,
@@ -217,7 +220,7 @@ def _encode(messages, tokenizer, template, add_generation_prompt, **kw) -> _Enco
 
 def render_prompt(messages: Sequence[dict], tokenizer, template: str | None = None, **template_kwargs) -> list[int]:
     """Generation-prompt mode: the exact tokens that training used as the prompt of the next assistant turn."""
-    check_text(messages, tokenizer)
+    check_text(messages, control_tokens(tokenizer))
     return _encode(messages, tokenizer, template, True, **template_kwargs).ids
 
 
@@ -229,7 +232,7 @@ def render(messages: Sequence[dict], tokenizer, mask: MaskStrategy = "all_assist
     and ends with the turn's end-of-turn token; separator whitespace the template writes after that
     token is not trained, since generation stops at the end token. ``input_ids`` do not depend on ``mask``.
     """
-    check_text(messages, tokenizer)
+    check_text(messages, control_tokens(tokenizer))
     rendered = _render(messages, tokenizer, mask, template, **template_kwargs)
     # Every row, not only the preflight's first ones: a template that rewrites earlier turns once later
     # ones exist (Qwen3 adds a think block only to the final turn) leaves those turns no span, and a

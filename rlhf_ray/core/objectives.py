@@ -30,7 +30,7 @@ def texts(prompt: list[dict], completion: list[dict], tokenizer, template: str |
         if not full.startswith(head):
             raise chat.TemplateError("the completion's rendering does not extend the prompt's")
         return head, full, True
-    chat.check_text(prompt + completion, tokenizer)  # an encoder's [SEP] typed in text stays refused too
+    chat.check_text(prompt + completion, chat.control_tokens(tokenizer))  # an encoder's typed [SEP] too
     head = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt) + "\n\nAssistant: "
     return head, head + "\n\n".join(m["content"] for m in completion), False
 

@@ -59,18 +59,7 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None,
               *, sort: bool = True) -> list[float]:
-        encoded = [self._encoded(p, c) for p, c in zip(prompts, completions)]
-        scored = [i for i, e in enumerate(encoded) if e is not None]
-        out = [float("nan")] * len(encoded)  # a candidate holding a control token: unscored, never picked
-        for i, s in zip(scored, self._score([encoded[i] for i in scored], sort)):
-            out[i] = s
-        return out
-
-    def _encoded(self, prompt: list[dict], completion: list[dict]):
-        try:
-            return self.encode(prompt, completion)
-        except chat.ControlTokenError:
-            return None
+        return unscored_if_control_tokens(prompts, completions, self.encode, lambda items: self._score(items, sort))
 
     def _score(self, encoded: list, sort: bool) -> list[float]:
         # Longest first, batched by similar length: padding stays low (the RLHF book's tip).
@@ -133,15 +122,34 @@ class VLLMRewardScorer:
     def score(self, prompts: list[list[dict]], completions: list[list[dict]], columns: dict | None = None) -> list[float]:
         from vllm import PoolingParams
 
-        ids = [objectives.encode(p, c, self.tokenizer, self.template, self.max_len)[0] for p, c in zip(prompts, completions)]
-        self.real += sum(map(len, ids))
-        # use_activation=False: the raw logit (vLLM applies a sigmoid by default).
+        def classify(ids: list[list[int]]) -> list[float]:
+            self.real += sum(map(len, ids))
+            # use_activation=False: the raw logit (vLLM applies a sigmoid by default).
+            try:
+                outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
+                                         pooling_params=PoolingParams(use_activation=False))
+            except Exception as e:  # the inputs were encoded: what fails here is the engine
+                raise EngineError("vLLM engine failed") from e
+            return [float(o.outputs.probs[0]) for o in outs]
+
+        encode = lambda p, c: objectives.encode(p, c, self.tokenizer, self.template, self.max_len)[0]  # noqa: E731
+        return unscored_if_control_tokens(prompts, completions, encode, classify)
+
+
+def unscored_if_control_tokens(prompts: list, completions: list, encode, score) -> list[float]:
+    """``score`` over the encoded candidates, NaN (unscored, never picked) for a candidate whose text holds
+    a control token (``chat.check_text``: text stays text, the rule every stage applies)."""
+    encoded = []
+    for p, c in zip(prompts, completions):
         try:
-            outs = self.llm.classify([{"prompt_token_ids": x} for x in ids], use_tqdm=False,
-                                     pooling_params=PoolingParams(use_activation=False))
-        except Exception as e:  # the inputs were encoded above: what fails here is the engine
-            raise EngineError("vLLM engine failed") from e
-        return [float(o.outputs.probs[0]) for o in outs]
+            encoded.append(encode(p, c))
+        except chat.ControlTokenError:
+            encoded.append(None)
+    kept = [i for i, e in enumerate(encoded) if e is not None]
+    out = [float("nan")] * len(encoded)
+    for i, s in zip(kept, score([encoded[i] for i in kept]) if kept else []):
+        out[i] = s
+    return out
 
 
 class FunctionScorer:

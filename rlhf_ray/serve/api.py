@@ -145,10 +145,10 @@ def check_messages(body: ChatRequest, s: ServeConfig, special: list[str]) -> lis
     if len(body.messages) > s.max_messages:
         raise ApiError(400, f"{len(body.messages)} messages; the limit is max_messages={s.max_messages}", "messages")
     messages = [_message(m, i) for i, m in enumerate(body.messages)]
-    for i, m in enumerate(messages):
-        found = next((t for t in special if t in m["content"]), None)
-        if found:  # the training side's rule (chat.check_text), answered as a 400 naming the message
-            raise ApiError(400, f"messages[{i}].content: holds the control token {found!r}", f"messages.{i}.content")
+    try:
+        chat.check_text(messages, special)  # ``special``: chat.control_tokens, the rule training applies
+    except chat.ControlTokenError as e:
+        raise ApiError(400, str(e), f"messages.{e.index}.content") from None
     try:
         schema.validate("prompt", {"prompt": messages})
     except schema.RowError as e:

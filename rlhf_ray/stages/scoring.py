@@ -12,11 +12,6 @@ from rlhf_ray.config import PipelineConfig, ScoreConfig
 from rlhf_ray.run_layout import SCORED, RunDir
 
 
-def rm_dir(cfg: PipelineConfig) -> str:
-    """The reward model that scores: score.model_dir, else the run's own."""
-    return cfg.score.model_dir or str(RunDir(cfg.run_dir).rm_model)
-
-
 def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
     """candidates → out/scored with the same rows and a reward column, scored as section ``s`` says."""
     import ray.data
@@ -57,4 +52,5 @@ def score(s: ScoreConfig, candidates: str, model_dir: str, out: Path) -> Path:
 def run(cfg: PipelineConfig) -> Path:
     s = cfg.score
     layout = RunDir(cfg.run_dir)
-    return score(s, s.candidates or str(layout.candidates), rm_dir(cfg), layout.score)
+    # The reward model that scores: score.model_dir, else the run's own.
+    return score(s, s.candidates or str(layout.candidates), s.model_dir or str(layout.rm_model), layout.score)

@@ -32,6 +32,13 @@ def freeze_lower_layers(model: torch.nn.Module, trainable: int) -> None:
         block.requires_grad_(False)
 
 
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """``train.gradient_checkpointing``: each block's activations are recomputed in the backward pass instead
+    of kept (non-reentrant, so frozen inputs and LoRA need no special case); generation's KV cache is off."""
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # Biases and norms are not decayed (the usual AdamW practice).
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]

@@ -74,11 +74,8 @@ class RewardRecipe:
 
     def load_model(self, tokenizer, source: str | None):
         m = self.section.model
-        model = models.load_reward_model(source or m.name, self.section.objective, tokenizer, m.dtype,
-                                         m.trust_remote_code, m.attn_implementation)
-        if self.train.gradient_checkpointing:
-            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+        return models.load_reward_model(source or m.name, self.section.objective, tokenizer, m.dtype,
+                                        m.trust_remote_code, m.attn_implementation)
 
     def micro_batches(self, shard, epoch: int, tokenizer):
         objective = self.section.objective

@@ -89,7 +89,6 @@ def _grouped(items, size: int):
 
 def train_worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import ray.train
     import ray.train.torch
 
     # Not every report's full metrics again (our step line says it): Ray Train v2 names that logger
@@ -109,6 +108,8 @@ def train_worker(config: dict) -> None:
     with (checkpoint.as_directory() if checkpoint else contextlib.nullcontext()) as ckpt_dir:
         model = rec.load_model(tokenizer, ckpt_dir)
         loop.freeze_lower_layers(model, t.trainable_layers)
+        if t.gradient_checkpointing:
+            loop.checkpoint_activations(model)
         if rec.scaling.strategy == "fsdp" and rec.scaling.num_workers > 1:
             # Ray's prepare_model wraps FSDP1 as one unit and only on GPU; FSDP2 per block also runs on CPU.
             model = loop.shard_model(model, device)
@@ -178,7 +179,6 @@ def _write_progress(out_dir: str, rank: int, step: int) -> None:
 
 def _report(name, metrics, model, optimizer, scheduler, tokenizer, rank, out_dir: str, save: str | None, log,
             clock) -> None:
-    import ray.train
 
     if rank == 0:
         log.write(metrics)
@@ -263,7 +263,6 @@ class _ReportsToQueue(ray.train.UserCallback):
 
 def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
     """Train ``rec`` on Ray Train; returns (result, plan). Re-running with the same out_dir resumes."""
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     name, s = rec.name, rec.scaling

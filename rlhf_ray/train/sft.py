@@ -90,9 +90,6 @@ class SFTRecipe:
         resized = len(tokenizer) > model.get_input_embeddings().num_embeddings
         if resized:
             model.resize_token_embeddings(len(tokenizer))
-        if t.gradient_checkpointing:
-            model.config.use_cache = False  # the cache is for generation; with recomputation it only costs memory
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
             from peft import LoraConfig, PeftModel, get_peft_model
 

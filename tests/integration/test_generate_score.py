@@ -95,19 +95,21 @@ def test_vllm_pooling_scorer_matches_transformers_in_the_configured_dtype(ray_cl
         from rlhf_ray.engines.scorers import RewardScorer, VLLMRewardScorer
 
         prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
-        completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(6)]
+        completions = [[{"role": "assistant", "content": f"It is {2 * i + (i % 2)}."}] for i in range(5)]
+        completions.append([{"role": "assistant", "content": "It is <file_sep>."}])  # unscored by both: NaN
         hf, engine = RewardScorer(model_dir, dtype=dtype), VLLMRewardScorer(model_dir, dtype=dtype)
         return (hf.score(prompts, completions), engine.score(prompts, completions),
                 str(next(hf.model.parameters()).dtype), str(engine.llm.llm_engine.model_config.dtype))
 
     hf, vllm_scores, hf_dtype, vllm_dtype = ray.get(both.remote(str(tiny_vllm_rm_dir), "float32"))
-    np.testing.assert_allclose(vllm_scores, hf, atol=1e-4)
-    assert np.std(hf) > 0 and hf_dtype == vllm_dtype == "torch.float32"
+    assert np.isnan(hf[5]) and np.isnan(vllm_scores[5])
+    np.testing.assert_allclose(vllm_scores, hf, atol=1e-4)  # NaN where both are NaN
+    assert np.nanstd(hf) > 0 and hf_dtype == vllm_dtype == "torch.float32"
     # The configured dtype reaches both scorers' models (vLLM's was dropped before).
     hf16, vllm16, hf_dtype, vllm_dtype = ray.get(both.remote(str(tiny_vllm_rm_dir), "bfloat16"))
     assert hf_dtype == vllm_dtype == "torch.bfloat16"
-    np.testing.assert_allclose(vllm16, hf, atol=0.05 * np.abs(hf).max())
-    np.testing.assert_allclose(hf16, hf, atol=0.05 * np.abs(hf).max())
+    np.testing.assert_allclose(vllm16, hf, atol=0.05 * np.nanmax(np.abs(hf)))
+    np.testing.assert_allclose(hf16, hf, atol=0.05 * np.nanmax(np.abs(hf)))
 
 
 def _kill_when_output_appears(folder: Path, actor: str, record: dict, timeout: float = 300):

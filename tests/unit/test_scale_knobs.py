@@ -9,7 +9,7 @@ import torch
 from rlhf_ray import config_load, models
 from rlhf_ray.config import ConfigError, ModelConfig, PipelineConfig, ScalingConfig, TrainConfig
 from rlhf_ray.train.sft import SFTRecipe, micro_batch, sft_loss
-from rlhf_ray.train import sft_data
+from rlhf_ray.train import loop, sft_data
 
 CONVS = [[{"role": "user", "content": "Color of the sky?"}, {"role": "assistant", "content": "Blue."}],
          [{"role": "user", "content": "Opposite of hot?"}, {"role": "assistant", "content": "Cold."}]]
@@ -62,6 +62,8 @@ def test_activation_checkpointing_changes_no_gradient(tiny_policy_dir):
         rec = recipe(tiny_policy_dir, gradient_checkpointing=checkpointing)
         tok = rec.tokenizer()
         model = rec.load_model(tok, None).train()
+        if checkpointing:
+            loop.checkpoint_activations(model)  # as runner.train_worker does
         models.disable_dropout(model)
         loss, units = sft_loss(model, batch(tok))
         (loss / units).backward()
@@ -81,3 +83,10 @@ def test_a_reward_model_refuses_lora_in_one_line():
         config_load.load(PipelineConfig, None, ["reward.train.lora_r=8"])
     cfg = config_load.load(PipelineConfig, None, ["sft.train.lora_r=8", "rs.train.gradient_checkpointing=true"])
     assert cfg.sft.train.lora_r == 8 and dataclasses.asdict(cfg.rs.train)["gradient_checkpointing"]
+
+
+def test_a_reward_model_checkpoints_its_backbone_the_same_way(tiny_policy_dir):
+    tok = models.chat_tokenizer(str(tiny_policy_dir))
+    rm = models.load_reward_model(str(tiny_policy_dir), "bt", tok)
+    loop.checkpoint_activations(rm)
+    assert rm.backbone.is_gradient_checkpointing and not rm.backbone.config.use_cache
