@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 CONFIG ?= rlhf_ray/configs/tiny.yaml
 
-.PHONY: setup run test test-e2e test-all test-unit gpu-check bench clean
+.PHONY: setup run test test-e2e test-all test-unit test-hostile gpu-check bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test-all: test test-e2e
 
 test-unit: setup
 	$(PYTEST) tests/unit
+
+# Broken configs, malformed files, control tokens in text, hostile HTTP (loopback only, bounded loops).
+test-hostile: setup
+	$(PYTEST) -m "hostile_config or hostile_file or hostile_text or hostile_http" tests/unit tests/integration
 
 # On a GPU machine with torch and transformers (no venv, no Ray, no vLLM, no network): tests/gpu on CUDA,
 # written to bench/results/gpu_check.json. `GPU_PYTHON=... make gpu-check` picks the interpreter.

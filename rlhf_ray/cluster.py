@@ -45,14 +45,23 @@ def start_local() -> None:
     traceback per training stage, and a live other cluster answered "no such controller", upon which the
     cleaner removed this run's placement group and killed its training. The cluster's processes inherit
     this process's environment, so the dashboard's address is set before it starts.
-    """
-    import ray
 
+    It listens on loopback only: no other machine joins a job's own cluster, and its GCS, raylet, workers
+    and agents need not be reachable from the network. Ray turns a loopback node address into the
+    machine's outward one unless multi-node clusters are off (its macOS/Windows mode, read from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when Ray is imported, so set on the already imported module too).
+    A cluster other machines join is started with ``ray start --head`` and given as RAY_ADDRESS.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port)
+    ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port, _node_ip_address="127.0.0.1")
 
 
 def unshared_nodes(run_dir: str) -> list[str]:

@@ -438,6 +438,7 @@ class ServeConfig:
     max_prompt_tokens: int = 1024
     max_request_bytes: int = 1_000_000    # a larger body is refused (413) before it is parsed
     max_messages: int = 256               # a longer conversation is refused (400) before it is rendered
+    max_header_bytes: int = 16384         # request headers larger than this get 431 (the HTTP server takes more)
     max_model_len: int = 2048
     tensor_parallel: int = 1              # the generator's engine over this many GPUs (generator.num_gpus = it)
     gpu_memory_utilization: float = 0.0   # the generator's vLLM; 0: 0.9 x generator.num_gpus for a fraction
@@ -453,6 +454,7 @@ class ServeConfig:
     RULES: ClassVar[dict] = {"port": PORT, "default_candidates": AT_LEAST_1, "max_candidates": AT_LEAST_1,
                              "max_tokens": AT_LEAST_1, "max_prompt_tokens": AT_LEAST_1,
                              "max_request_bytes": AT_LEAST_1, "max_messages": AT_LEAST_1,
+                             "max_header_bytes": AT_LEAST_1,
                              "max_model_len": AT_LEAST_1, "tensor_parallel": AT_LEAST_1,
                              "gpu_memory_utilization": MEMORY_SHARE, "max_ongoing_requests": AT_LEAST_1,
                              "max_queued_requests": AT_LEAST_0, "read_timeout_s": POSITIVE,

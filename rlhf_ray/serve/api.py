@@ -113,6 +113,14 @@ def check_key(authorization: str, digest: str | None) -> None:
         raise ApiError(401, "missing or wrong API key (Authorization: Bearer ...)")
 
 
+def check_headers(raw: list[tuple[bytes, bytes]], limit: int) -> None:
+    """Headers as received (name and value bytes, as HTTP servers count them) within ``limit``: Ray Serve's
+    proxy accepts far larger ones, and every byte of them reaches the replica."""
+    size = sum(len(name) + len(value) + 4 for name, value in raw)  # ": " and CRLF per line
+    if size > limit:
+        raise ApiError(431, f"headers: {size} bytes; the limit is max_header_bytes={limit}")
+
+
 def parse(data: bytes) -> ChatRequest:
     """A body as received: invalid UTF-8, nesting too deep to parse, lone surrogates and fields out of
     range are the client's to fix (422, naming the field)."""

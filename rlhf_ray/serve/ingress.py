@@ -67,6 +67,13 @@ class Frontend:
         self.admitted = 0
         self.working = asyncio.Semaphore(s.max_ongoing_requests)
 
+    def check_headers(self, raw: list[tuple[bytes, bytes]]) -> None:
+        try:
+            api.check_headers(raw, self.s.max_header_bytes)
+        except ApiError as e:
+            self.metrics.status(e.status)
+            raise
+
     def models(self, authorization: str) -> dict:
         api.check_key(authorization, self.key_sha256)
         return {"object": "list", "data": [{"id": self.s.model_name, "object": "model", "created": 0,
@@ -170,10 +177,12 @@ class BestOfN:
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
+        self.front.check_headers(request.headers.raw)
         return self.front.models(request.headers.get("authorization", ""))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, raw: Request):
+        self.front.check_headers(raw.headers.raw)
         answer = await self.front.answer(raw.headers.get("authorization", ""), raw.headers.get("content-length", ""),
                                          raw.stream())
         if answer.pop("stream"):

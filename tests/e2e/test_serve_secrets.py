@@ -1,6 +1,7 @@
 """Where the endpoint's API key lives, read from the outside: the serve job starts its own local cluster
 with the key in its environment, and /proc/<pid>/environ of every process on the machine holds it once
-(the job's own, where the user put it): not the raylet, not the replicas, not Ray's workers."""
+(the job's own, where the user put it): not the raylet, not the replicas, not Ray's workers. Every port
+that job's processes listen on is on loopback."""
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -36,7 +38,22 @@ def holding(secret: bytes) -> list[int]:
     return pids
 
 
-def test_the_api_key_is_in_the_job_process_only_and_docs_are_off(tiny_vllm_policy_dir, tiny_vllm_rm_dir, tmp_path):
+def exposed(pid: int) -> list[str]:
+    """What the process and its descendants listen on beyond loopback."""
+    root = psutil.Process(pid)
+    out = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            sockets = p.net_connections(kind="inet")
+        except psutil.Error:  # gone meanwhile
+            continue
+        out += [f"{p.name()} (pid {p.pid}) on {c.laddr.ip}:{c.laddr.port}" for c in sockets
+                if c.status == psutil.CONN_LISTEN and not (c.laddr.ip.removeprefix("::ffff:").startswith("127.")
+                                                           or c.laddr.ip == "::1")]
+    return out
+
+
+def test_the_api_key_is_in_the_job_process_only_docs_are_off_and_ports_are_on_loopback(tiny_vllm_policy_dir, tiny_vllm_rm_dir, tmp_path):
     key = f"k-{uuid.uuid4().hex}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
@@ -59,6 +76,10 @@ def test_the_api_key_is_in_the_job_process_only_and_docs_are_off(tiny_vllm_polic
         assert holding(f"RLHF_RAY_API_KEY={key}".encode()) == [job.pid]
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert httpx.get(f"{url}{path}", timeout=30).status_code == 404
+        # Serve 2.60 binds each replica's inter-deployment gRPC server to [::]:0 itself (serve/_private/
+        # replica.py, no setting): one such port per replica is upstream's; anything else is ours.
+        ours = [e for e in exposed(job.pid) if not e.startswith("ray::ServeReplica:best-of-n:")]
+        assert ours == [], "\n".join(ours)
     finally:
         os.killpg(job.pid, signal.SIGINT)  # the job stops its own cluster with it
         try:

@@ -19,6 +19,7 @@ def test_a_column_only_a_later_file_carries_is_kept_and_null_elsewhere(ray_clust
                                 ("b.jsonl", 1, "0"), ("b.jsonl", 2, "1")]
 
 
+@pytest.mark.hostile_file
 def test_a_column_whose_type_differs_between_files_names_a_row_of_each(ray_cluster, tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     prompt = [{"role": "user", "content": "q"}]
@@ -28,6 +29,7 @@ def test_a_column_whose_type_differs_between_files_names_a_row_of_each(ray_clust
         data.read_dataset([a, b], "prompt", on_bad_rows="quarantine", quarantine_path=tmp_path / "q.jsonl")
 
 
+@pytest.mark.hostile_file
 def test_holding_out_more_rows_than_there_are_names_the_key(ray_cluster):
     import ray.data
 
@@ -52,6 +54,7 @@ def test_a_hub_dataset_streams_through_ray_data_with_its_rows_named(ray_cluster,
     assert (quarantined["file"], quarantined["line"], quarantined["field"]) == (spec, 5, "completion[0].content")
 
 
+@pytest.mark.hostile_file
 def test_a_file_whose_every_row_is_quarantined_is_one_line(ray_cluster, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n"

@@ -136,6 +136,7 @@ def test_langchains_openai_chat_client_talks_to_the_endpoint(endpoint):
     ({"messages": [{"role": "user", "content": "x" * 30000}]}, None, KEY, 413, "max_request_bytes=20000"),
     ({"messages": ASK, "n": 9}, None, KEY, 400, "max_candidates=8"),
 ])
+@pytest.mark.hostile_http
 def test_bad_requests_get_a_status_and_openai_error_json(endpoint, body, raw, key, status, needle):
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     r = httpx.post(f"{endpoint[0]}/v1/chat/completions", content=raw if raw is not None else json.dumps(body),
@@ -145,6 +146,15 @@ def test_bad_requests_get_a_status_and_openai_error_json(endpoint, body, raw, ke
     assert needle in error["message"] and {"type", "param", "code"} <= set(error), error
 
 
+@pytest.mark.hostile_http
+def test_a_64kb_header_gets_431_in_openai_error_json(endpoint):
+    # The HTTP proxy takes it; the app refuses it before reading the body.
+    r = httpx.post(f"{endpoint[0]}/v1/chat/completions", json={"messages": ASK},
+                   headers={"Authorization": f"Bearer {KEY}", "X-Padding": "a" * 65536}, timeout=60)
+    assert r.status_code == 431 and "max_header_bytes=16384" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.hostile_http
 def test_an_unknown_path_or_method_is_answered_in_openai_error_json(endpoint):
     for r, status in ((httpx.get(f"{endpoint[0]}/v1/nothing", timeout=30), 404),
                       (httpx.get(f"{endpoint[0]}/v1/chat/completions", timeout=30), 405)):
@@ -173,6 +183,7 @@ def test_health_needs_no_key(endpoint):
     assert httpx.get(f"{endpoint[0]}/health", timeout=30).json() == {"status": "ok"}
 
 
+@pytest.mark.hostile_http
 def test_overload_is_answered_with_503_not_an_unbounded_queue(endpoint):
     with cf.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: post(endpoint[0], {"messages": ASK, "n": 8, "max_tokens": 64}), range(16)))
@@ -182,6 +193,7 @@ def test_overload_is_answered_with_503_not_an_unbounded_queue(endpoint):
     assert refused["type"] == "overloaded" and "max_queued_requests" in refused["message"]
 
 
+@pytest.mark.hostile_http
 def test_a_slow_client_gets_408_and_holds_no_slot(endpoint):
     host, port = endpoint[0].removeprefix("http://").split(":")
     slow = []

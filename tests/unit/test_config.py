@@ -23,6 +23,7 @@ def test_yaml_and_overrides(tmp_path):
         cfg.run_dir = "x"  # frozen
 
 
+@pytest.mark.hostile_config
 def test_unknown_key_is_an_error_that_names_it(tmp_path):
     p = write(tmp_path, "sft:\n  train:\n    learning_rate: 1\n")
     with pytest.raises(ConfigError, match=r"unknown key 'sft.train.learning_rate'"):
@@ -31,6 +32,7 @@ def test_unknown_key_is_an_error_that_names_it(tmp_path):
         config_load.load(PipelineConfig, None, ["sft.trian.lr=1"])
 
 
+@pytest.mark.hostile_config
 def test_wrong_type_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"sft.train.epochs must be int, got 'two'"):
         config_load.load(PipelineConfig, None, ["sft.train.epochs=two"])
@@ -47,6 +49,7 @@ def test_int_accepted_for_float_and_hash_changes_with_content():
     assert config_load.config_hash(a) == config_load.config_hash(config_load.load(PipelineConfig, None, ["sft.train.lr=1.0"]))
 
 
+@pytest.mark.hostile_config
 def test_bad_override_syntax_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not key=value"):
         config_load.load(PipelineConfig, None, ["epochs"])
@@ -98,6 +101,7 @@ def test_the_tiny_configs_endpoint_fits_a_two_core_machine():
     assert sum(d.num_cpus * d.max_replicas for d in parts) <= 2, [d.num_cpus for d in parts]
 
 
+@pytest.mark.hostile_config
 def test_an_endpoint_the_cluster_cannot_place_is_named_before_serve_waits_for_it():
     from rlhf_ray.serve.app import unschedulable
 
@@ -165,6 +169,7 @@ def test_vllm_takes_its_share_of_the_gpu_ray_reserved():
     assert memory_share(0.6, 0.5) == 0.6  # configured wins
 
 
+@pytest.mark.hostile_config
 def test_a_cuda_vllm_build_with_no_gpu_reserved_is_one_line(monkeypatch):
     import importlib.metadata
 
@@ -192,6 +197,7 @@ def test_the_gpu_config_loads_and_trains_float32_masters_with_bf16_autocast():
 
 
 @pytest.mark.parametrize("override,named", BAD)
+@pytest.mark.hostile_config
 def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, named):
     with pytest.raises(ConfigError) as e:
         config_load.load(PipelineConfig, None, [override])
@@ -199,6 +205,7 @@ def test_a_bad_value_is_one_line_naming_the_key_and_what_is_allowed(override, na
     assert named in message and "\n" not in message, message
 
 
+@pytest.mark.hostile_config
 def test_a_run_dir_below_a_file_and_a_model_folder_without_weights_are_named(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match=r"run_dir=.*/f/run: .*/f is a file, not a folder"):
@@ -216,6 +223,7 @@ def test_values_at_the_edges_of_what_is_allowed_load():
     assert cfg.generate.actors == (1, 3) and cfg.sft.scaling.num_workers == 2
 
 
+@pytest.mark.hostile_config
 def test_a_job_says_a_bad_setting_in_one_line_and_shows_the_traceback_with_debug(capsys):
     from rlhf_ray.cli import job
 
@@ -242,6 +250,7 @@ def test_ctrl_c_ends_a_job_with_one_line_and_the_shells_interrupt_status(capsys,
     assert err.strip() == "pipeline: stopped (Ctrl-C)", err
 
 
+@pytest.mark.hostile_config
 def test_task_checkers_follow_the_task_and_the_other_tasks_checker_is_refused():
     tiny = Path(__file__).parents[2] / "rlhf_ray" / "configs" / "tiny.yaml"
     for name, checker in (("categories", "rlhf_ray.core.rewards:final_word"), ("arithmetic", "rlhf_ray.core.rewards:final_number")):
@@ -319,6 +328,7 @@ def test_engine_kwargs_take_a_mapping_or_dotted_keys():
     assert config_load.load(PipelineConfig, None, []).score.engine_kwargs == {}
 
 
+@pytest.mark.hostile_config
 def test_the_last_unclear_config_answers_are_one_line_before_work_starts(tmp_path):
     twice = tmp_path / "twice.yaml"
     twice.write_text("sft:\n  train:\n    lr: 1.0e-4\n    lr: 1.0e-3\n")

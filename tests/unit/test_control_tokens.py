@@ -14,6 +14,7 @@ from rlhf_ray.serve import api
 from rlhf_ray.config import ServeConfig
 from rlhf_ray.train import sft_data
 
+pytestmark = pytest.mark.hostile_text
 SMOL = models.chat_tokenizer("default")
 TOKENS = chat.control_tokens(SMOL)
 

@@ -49,6 +49,7 @@ def sft_with(messages):
     ("prm", {"prompt": "Hi", "completions": ["s1", "s2"], "labels": [1]}, "labels", "one label per step"),
     ("prm", {"prompt": "Hi", "completions": ["s1"], "labels": [2]}, "labels[0]", "-1, 0 or 1"),
 ])
+@pytest.mark.hostile_file
 def test_contract_violations_name_file_line_and_field(tmp_path, kind, bad, field, reason):
     good = GOOD_SFT if kind == "sft" else GOOD_PAIR if kind == "pairwise" else None
     lines = ([good] if good else []) + [bad]
@@ -59,12 +60,14 @@ def test_contract_violations_name_file_line_and_field(tmp_path, kind, bad, field
     assert str(err).startswith(f"{path}:{len(lines)}: {field}: ")
 
 
+@pytest.mark.hostile_file
 def test_invalid_json_names_the_line(tmp_path):
     path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, GOOD_SFT, '{"messages": [', GOOD_SFT])
     err = first_error(path, "sft")
     assert (err.line, err.field) == (3, "<line>") and "invalid JSON" in err.reason
 
 
+@pytest.mark.hostile_file
 def test_non_utf8_bytes_name_the_line(tmp_path):
     path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, b'{"messages": "caf\xe9"}'])
     err = first_error(path, "sft")
@@ -72,6 +75,7 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.hostile_file
 def test_nan_and_inf_name_the_field(tmp_path, literal):
     path = write_lines(tmp_path / "rows.jsonl", [
         '{"prompt": "Hi", "chosen": "a", "rejected": "b", "margin": %s}' % literal])
@@ -79,6 +83,7 @@ def test_nan_and_inf_name_the_field(tmp_path, literal):
     assert (err.line, err.field) == (1, "margin") and "finite" in err.reason
 
 
+@pytest.mark.hostile_file
 def test_over_length_after_tokenization_names_file_line_field(tmp_path, smol_tokenizer):
     from rlhf_ray.train.sft_data import encode_sft_row
 
@@ -92,6 +97,7 @@ def test_over_length_after_tokenization_names_file_line_field(tmp_path, smol_tok
     assert "tokens, over max_seq_len=64" in e.value.reason
 
 
+@pytest.mark.hostile_file
 def test_quarantine_keeps_going_and_keeps_every_bad_row(tmp_path):
     path = write_lines(tmp_path / "rows.jsonl", [GOOD_SFT, "not json", GOOD_SFT,
                                                  sft_with([{"role": "user", "content": "only a question"}])])
@@ -166,6 +172,7 @@ def test_gsm8k_prm_adapter_on_real_data(shared_data):
     assert first["labels"][-1] == -1 and first["completions"][-1] == "A: 26"
 
 
+@pytest.mark.hostile_file
 def test_a_glob_and_a_path_naming_one_file_twice_is_an_error(tmp_path):
     path = write_lines(tmp_path / "a.jsonl", [GOOD_SFT])
     write_lines(tmp_path / "b.jsonl", [GOOD_SFT])
@@ -200,6 +207,7 @@ def _container_faults(tmp_path):
             "broken.json": "not a valid JSON array in UTF-8"}
 
 
+@pytest.mark.hostile_file
 def test_a_file_that_cannot_be_read_at_all_is_one_line_naming_it(tmp_path):
     for name, reason in _container_faults(tmp_path).items():
         quarantine = []
@@ -245,6 +253,7 @@ def test_trls_dataset_shapes_become_the_rows_each_stage_reads(kind, row, expecte
      "messages[1].tool_calls", "tool calls are not rendered yet"),
     ("sft", {"messages": [U, A4], "tools": [{"type": "function"}]}, "tools", "tool definitions are not rendered"),
 ])
+@pytest.mark.hostile_file
 def test_a_shape_a_stage_cannot_train_on_is_refused_naming_the_column(kind, row, field, needle):
     from rlhf_ray.core.schema import RowError, validate
 
@@ -256,6 +265,7 @@ def test_a_shape_a_stage_cannot_train_on_is_refused_naming_the_column(kind, row,
 # ---------------------------------------------------------------- the ways users have their data
 
 
+@pytest.mark.hostile_file
 def test_csv_and_json_array_files_are_read_and_a_bad_row_is_named_by_its_line(tmp_path):
     (tmp_path / "qa.csv").write_text('prompt,completion\n"What is 2 + 2?",4\n"Short",\n')
     recs = list(data.parse_file(tmp_path / "qa.csv", "sft"))
@@ -306,6 +316,7 @@ def test_a_hub_dataset_is_materialised_once_and_read_like_a_file(tmp_path, monke
     assert len(list(data.parse_file(spec, "sft"))) == 2
 
 
+@pytest.mark.hostile_file
 def test_a_hub_dataset_that_cannot_be_loaded_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path))
     with pytest.raises(data.DataFileError) as e:
@@ -330,6 +341,7 @@ def test_a_column_map_renames_a_datasets_columns_to_the_ones_a_stage_reads(tmp_p
     assert rec.row == {"messages": [U, A4], "id": 7}
 
 
+@pytest.mark.hostile_file
 def test_a_json_line_nested_too_deep_is_a_bad_row_not_a_recursion_error(tmp_path):
     (tmp_path / "deep.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n" + json.dumps({"messages": [U, A4]}) + "\n")
     deep, good = data.parse_file(tmp_path / "deep.jsonl", "sft")

@@ -156,12 +156,14 @@ def test_text_parts_and_the_developer_role_are_accepted(tokenizer):
     ({"messages": [*ASK, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}, *ASK]},
      "messages.1.tool_calls"),
 ])
+@pytest.mark.hostile_http
 def test_what_best_of_n_cannot_do_is_refused_naming_the_field(tokenizer, extra, param):
     f = front(tokenizer)
     e = refused(f, {"messages": ASK, **extra})
     assert (e.status, e.param) == (400, param) and "not supported" in e.message and f.gen.generate.calls == []
 
 
+@pytest.mark.hostile_http
 def test_an_unknown_field_is_refused_as_openai_refuses_it(tokenizer):
     e = refused(front(tokenizer), {"messages": ASK, "temprature": 0.5})
     assert e.status == 422 and e.param == "temprature" and "Extra inputs are not permitted" in e.message
@@ -212,6 +214,7 @@ def test_plain_generation_is_not_scored_and_greedy_samples_once(tokenizer):
     ({"model": "gpt-4o", "messages": ASK}, KEY, 404, "model 'gpt-4o' does not exist"),
     ({"messages": [{"role": "user", "content": "x" * 30000}]}, KEY, 413, "max_request_bytes=20000"),
 ])
+@pytest.mark.hostile_http
 def test_bad_requests_get_a_status_and_a_message_that_names_the_problem(tokenizer, body, key, status, needle):
     f = front(tokenizer)
     e = refused(f, body, key)
@@ -225,11 +228,13 @@ def test_bad_requests_get_a_status_and_a_message_that_names_the_problem(tokenize
     (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "not valid JSON in UTF-8"),
     (b"[" * 5000 + b"]" * 5000, "nested too deep"),
 ])
+@pytest.mark.hostile_http
 def test_bodies_that_are_not_json_text_get_422_not_500(tokenizer, raw, needle):
     e = refused(front(tokenizer), None, raw=raw)
     assert e.status == 422 and needle in e.message
 
 
+@pytest.mark.hostile_http
 def test_the_bearer_scheme_is_case_insensitive_and_no_digest_means_no_auth(tokenizer):
     api.check_key(f"bearer {KEY}", api.key_digest(KEY))
     api.check_key(f"BEARER  {KEY} ", api.key_digest(KEY))
@@ -238,6 +243,7 @@ def test_the_bearer_scheme_is_case_insensitive_and_no_digest_means_no_auth(token
         api.check_key(f"Basic {KEY}", api.key_digest(KEY))
 
 
+@pytest.mark.hostile_http
 def test_a_body_larger_than_its_header_said_is_cut_off_at_the_limit(tokenizer):
     f = front(tokenizer)
     with pytest.raises(ApiError, match="over the limit max_request_bytes=20000") as e:
@@ -245,6 +251,18 @@ def test_a_body_larger_than_its_header_said_is_cut_off_at_the_limit(tokenizer):
     assert e.value.status == 413
 
 
+@pytest.mark.hostile_http
+def test_headers_over_max_header_bytes_get_431_counted(tokenizer):
+    f = front(tokenizer)
+    small = [(b"authorization", f"Bearer {KEY}".encode()), (b"content-type", b"application/json")]
+    f.check_headers(small)  # 16384 by default
+    with pytest.raises(ApiError, match=r"headers: 65\d\d\d bytes; the limit is max_header_bytes=16384") as e:
+        f.check_headers([*small, (b"x-padding", b"a" * 65536)])
+    assert e.value.status == 431 and e.value.body()["error"]["type"] == "invalid_request_error"
+    assert f.metrics.counted == [431]
+
+
+@pytest.mark.hostile_http
 def test_a_slow_body_gets_408_within_read_timeout(tokenizer):
     f = front(tokenizer)
     with pytest.raises(ApiError, match=r"not received within read_timeout_s=0.5 s") as e:
@@ -252,6 +270,7 @@ def test_a_slow_body_gets_408_within_read_timeout(tokenizer):
     assert e.value.status == 408 and f.admitted == 0
 
 
+@pytest.mark.hostile_http
 def test_beyond_ongoing_and_queued_requests_the_answer_is_503_and_slots_come_back(tokenizer):
     gate = asyncio.Event()
     f = front(tokenizer, generator=FakeGenerator(gate=gate))  # 1 ongoing + 1 queued
