@@ -150,7 +150,10 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2, each transformer block sharded over the workers
-    max_failures: int = 0
+    max_failures: int = 0                 # worker-group restarts from the last checkpoint (a lost node, a killed worker)
+    # Ray placement of the workers: PACK fills a node first; SPREAD puts them on different nodes where it can
+    # (one node's loss then takes one rank, not all); STRICT_* refuse to place otherwise.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     RULES: ClassVar[dict] = {"num_workers": AT_LEAST_1, "cpus_per_worker": POSITIVE, "max_failures": AT_LEAST_0}
 

@@ -276,7 +276,8 @@ def fit(rec: Recipe, train_ds, eval_ds, out_dir: Path):
         train_loop_config={"recipe": rec, "plan": dataclasses.asdict(p),
                            "out_dir": storage.uri(out_dir) or str(out_dir), "datasets": sorted(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker={"CPU": s.cpus_per_worker}),
+                                               resources_per_worker={"CPU": s.cpus_per_worker},
+                                               placement_strategy=s.placement_strategy),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.uri(checkpoints) or str(checkpoints.resolve()),
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),

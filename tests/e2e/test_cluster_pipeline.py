@@ -6,11 +6,8 @@ generation and writes its report there."""
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,12 +16,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf_ray import models, storage
+from nodes import BIN, Nodes, free_port, start, stop, wait_for  # tests/e2e
+from rlhf_ray import storage
 from rlhf_ray.core import chat
 
 pytestmark = pytest.mark.timeout(1800)  # two pipeline runs of ~12 Ray stages on 2 cores
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Lean: the synthetic-pair RM, no baseline or rule-reward chain, no greedy eval (test_front_door runs those).
 SMALL = ["reward.source=files", "reward.train.lr=3e-4", "task.sft_rows=16", "task.prompt_rows=8", "task.eval_rows=8",
          "sft.train.epochs=1", "reward.data.eval_rows=4", "reward.train.epochs=1", "generate.n=4", "generate.max_tokens=24",
@@ -32,92 +29,15 @@ SMALL = ["reward.source=files", "reward.train.lr=3e-4", "task.sft_rows=16", "tas
          "eval.greedy=false", "eval.n_boot=1000"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def node_cache(path: Path) -> Path:
-    # Each node has its own cache, with the embedded policy already converted (as a node image would).
-    path.mkdir()
-    (path / "smollm2-135m-instruct").symlink_to(models.default_policy_dir())
-    return path
-
-
-def node_ports() -> list[str]:
-    # The session's own cluster already holds Ray's default ports: every node here gets free ones.
-    return [f"--{flag}={free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "node-manager-port", "object-manager-port")]
-
-
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    # --block keeps each node in the foreground: terminating its process group stops that node.
-    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-                             "--disable-usage-stats", *node_ports(), *args],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def two_nodes(tmp_path, s3_server):
-    port, dash = free_port(), free_port()
     # The S3 endpoint's AWS_* variables come from the environment (tests/conftest.py).
-    # No drain on SIGTERM: killing the head's process group takes its GCS down too, and the drain call
-    # then waited out its whole 30 s before the node stopped.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
-           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    head_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "head_cache"))}
-    worker_env = {**env, "RLHF_RAY_CACHE": str(node_cache(tmp_path / "worker_cache"))}
-    head = start(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                  "--num-cpus=1", f"--ray-client-server-port={free_port()}"], head_env, tmp_path / "head.log")
-    procs, worker_tmp = [head], None
+    nodes = Nodes(tmp_path, head_cpus=1)
     try:
-        address = f"http://127.0.0.1:{dash}"
-        wait_for(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), head, tmp_path / "head.log")
-        # Its own temp dir, as a second machine has: sharing the head's, the worker's runtime-env agent
-        # unpacks a job's working_dir again over the one the driver runs in, and the driver's cwd is gone.
-        # (Short, in /tmp: Ray's socket paths under it must stay within 107 characters.)
-        worker_tmp = tempfile.mkdtemp(prefix="rw")
-        procs.append(start([f"--address=127.0.0.1:{port}", "--num-cpus=3", f"--temp-dir={worker_tmp}"], worker_env,
-                           tmp_path / "worker.log"))
-        wait_for(lambda: _alive_nodes(address, env) == 2 or _raise(), procs[1], tmp_path / "worker.log")
-        yield address, {**env, "RLHF_RAY_TEST_GCS": f"127.0.0.1:{port}"}
+        nodes.add(cpus=3)
+        yield nodes.address, {**nodes.env, "RLHF_RAY_TEST_GCS": nodes.gcs}
     finally:
-        for p in reversed(procs):
-            stop(p)
-        if worker_tmp:
-            shutil.rmtree(worker_tmp, ignore_errors=True)
-
-
-def _raise():
-    raise OSError("not yet")
-
-
-def _alive_nodes(address: str, env: dict) -> int:
-    out = subprocess.run([str(BIN / "ray"), "list", "nodes", f"--address={address}", "--format=json"],
-                         env=env, capture_output=True, text=True, timeout=60)
-    return sum(n["state"] == "ALIVE" for n in json.loads(out.stdout or "[]"))
-
-
-def wait_for(check, proc, log: Path, timeout: float = 180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            check()
-            return
-        except (OSError, ValueError):
-            assert proc.poll() is None, log.read_text()
-            time.sleep(1)
-    pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
+        nodes.close()
 
 
 def ray_job(env, *args, timeout=900):
@@ -166,7 +86,7 @@ def test_pipeline_job_on_two_nodes_with_storage_resumes_after_a_stop_during_scor
     assert "<tr><td>4</td>" in storage.read_text(f"{run}/report.html")  # the best-of-N table's N=4 row
     # Actors and Train workers on the worker node read the run's models from storage, into its own cache.
     fetched = {json.loads((d / ".listing.json").read_text())["uri"]
-               for d in (tmp_path / "worker_cache" / "fetched").iterdir()}
+               for d in (tmp_path / "worker0_cache" / "fetched").iterdir()}
     assert fetched & {f"{run}/sft/model", f"{run}/rm/model"}, fetched
 
     actors = json.loads(subprocess.run(

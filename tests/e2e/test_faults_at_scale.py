@@ -1,0 +1,98 @@
+"""Faults where the work is spread over nodes (a head and worker nodes on this machine, tests/e2e/nodes.py):
+a worker node lost mid-run is replaced and the work goes on from where it was, losing and repeating
+nothing it should not. Each test records how long recovery took (printed, and written to its folder)."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from nodes import Nodes, kill  # tests/e2e
+
+pytestmark = pytest.mark.timeout(1200)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def driver(nodes: Nodes, args: list[str], log: Path) -> subprocess.Popen:
+    """A job's driver joined to the nodes' cluster, as `ray job submit` runs it on the head."""
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**nodes.env, "RAY_ADDRESS": nodes.gcs},
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    proc.wait(timeout=timeout)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-5000:]
+    return text
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return None
+
+
+def weights(model_dir: Path) -> dict:
+    return {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def sft_args(run_dir: Path, policy: str) -> list[str]:
+    # 160 rows over 2 workers, 2 rows each per step: 40 steps, a resumable checkpoint every 5.
+    return ["jobs/sft.py", "rlhf_ray/configs/tiny.yaml", f"run_dir={run_dir}", f"policy.name={policy}",
+            "tracking.backend=none", "task.sft_rows=160", "sft.train.epochs=1", "sft.train.cpu_bf16=false",
+            "sft.train.lr=3e-3", "sft.train.micro_batch_size=2", "sft.train.global_batch_size=4",
+            "sft.train.checkpoint_every=5", "sft.scaling.num_workers=2", "sft.scaling.placement_strategy=SPREAD",
+            "sft.scaling.max_failures=2"]
+
+
+def test_a_lost_node_of_two_sft_workers_resumes_from_the_last_checkpoint_to_the_same_model(tmp_path,
+                                                                                           tiny_policy_dir):
+    # The head takes one worker; the other can only go to a worker node (SPREAD would put it there anyway).
+    nodes = Nodes(tmp_path, head_cpus=1)
+    try:
+        first = nodes.add(cpus=3)
+        run = tmp_path / "faulted"
+        job = driver(nodes, sft_args(run, tiny_policy_dir), tmp_path / "faulted.log")
+        ranks = [run / "sft" / "workers" / f"rank{r}.json" for r in (0, 1)]
+        deadline = time.time() + 600
+        while (state := read_json(ranks[0])) is None or state["step"] < 12:
+            assert job.poll() is None and time.time() < deadline, (tmp_path / "faulted.log").read_text()[-5000:]
+            time.sleep(0.05)
+        assert state["step"] < 35, "training ran past its last resumable checkpoint before the kill"
+        pids = {read_json(r)["pid"] for r in ranks}
+        killed_at, killed_step = time.time(), state["step"]
+        kill(first)  # the node holding one rank, with that rank's worker and its Ray processes
+        nodes.add(cpus=3)  # its replacement
+        resumed_at = None
+        while resumed_at is None and job.poll() is None:
+            states = [read_json(r) for r in ranks]
+            if all(s and s["pid"] not in pids and s["step"] > 0 for s in states):
+                resumed_at = time.time()  # both new workers have taken a step
+            time.sleep(0.05)
+        finish(job, tmp_path / "faulted.log")
+
+        reference = tmp_path / "reference"
+        finish(driver(nodes, sft_args(reference, tiny_policy_dir), tmp_path / "reference.log"),
+               tmp_path / "reference.log")
+    finally:
+        nodes.close()
+
+    steps = [json.loads(line)["step"] for line in open(run / "sft" / "metrics.jsonl")]
+    assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
+    assert len(steps) > 40, "no step was repeated: the workers were not restarted"
+    # The restart went back to a checkpoint (a multiple of 5) at or before the step it was killed at.
+    restart = steps[[i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]][0]] - 1
+    assert restart % 5 == 0 and restart <= killed_step, (restart, killed_step)
+    faulted, uninterrupted = weights(run / "sft" / "model"), weights(reference / "sft" / "model")
+    assert faulted.keys() == uninterrupted.keys()
+    diff = max((faulted[k].float() - uninterrupted[k].float()).abs().max().item() for k in faulted)
+    assert diff <= 1e-6, f"the resumed model differs from the uninterrupted one by {diff}"
+    record = {"killed_at_step": killed_step, "resumed_from_step": restart, "max_abs_weight_diff": diff,
+              "recovery_s": round(resumed_at - killed_at, 1) if resumed_at else None}
+    (tmp_path / "recovery.json").write_text(json.dumps(record))
+    print("recovery:", record)
+    assert resumed_at is not None
