@@ -412,14 +412,21 @@ class DeploymentConfig:
     target_ongoing_requests: float = 2.0  # autoscaling target per replica
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict = field(default_factory=dict)  # Ray custom resources per replica ({node_kind: 1}: where it may run)
 
     RULES: ClassVar[dict] = {"min_replicas": AT_LEAST_0, "max_replicas": AT_LEAST_1,
                              "target_ongoing_requests": POSITIVE, "num_cpus": CPUS, "num_gpus": GPUS}
 
     def problems(self) -> list[tuple[str, str]]:
+        out = []
         if self.min_replicas > self.max_replicas:
-            return [("min_replicas", f"{self.min_replicas} is more than max_replicas={self.max_replicas}")]
-        return []
+            out.append(("min_replicas", f"{self.min_replicas} is more than max_replicas={self.max_replicas}"))
+        for name, amount in self.resources.items():
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0 \
+                    or name in ("CPU", "GPU", "memory"):
+                out.append(("resources", f"{name}: {amount!r}; a custom resource's name and a positive amount "
+                                         f"(CPUs and GPUs are num_cpus and num_gpus)"))
+        return out
 
 
 def _ingress() -> "DeploymentConfig":
@@ -433,6 +440,8 @@ class ServeConfig:
     template: str | None = field(default=None, metadata=_path("template"))
     model_name: str = "rlhf-ray-best-of-n"
     host: str = "127.0.0.1"               # loopback unless told otherwise
+    # Where Serve runs its HTTP proxies: EveryNode (Ray's default: any node answers on `port`) or HeadOnly
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     port: int = 8000
     api_key_env: str = "RLHF_RAY_API_KEY" # bearer key read from this variable; unset: no auth
     default_candidates: int = 4

@@ -24,8 +24,8 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict:
-        kind = {401: "authentication_error", 503: "overloaded", 500: "server_error"}.get(
-            self.status, "invalid_request_error")
+        kind = {401: "authentication_error", 503: "server_error" if self.code == "replica_lost" else "overloaded",
+                500: "server_error"}.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 

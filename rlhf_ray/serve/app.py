@@ -34,7 +34,8 @@ def resolve_models(cfg: PipelineConfig) -> tuple[str, str]:
 def _options(d) -> dict:
     scaling = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
                "target_ongoing_requests": d.target_ongoing_requests}
-    return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}}
+    return {"autoscaling_config": scaling, "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus,
+                                                                 **({"resources": dict(d.resources)} if d.resources else {})}}
 
 
 def unschedulable(s, resources: dict) -> str | None:
@@ -96,7 +97,7 @@ def run(cfg: PipelineConfig, blocking: bool = True):
         raise ValueError(problem)
     if problem:  # a cluster's autoscaler may still add the nodes
         print(f"[serve] warning: {problem}", flush=True)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(proxy_location=cfg.serve.proxy_location, http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     handle = serve.run(build(cfg, key), name="best-of-n", route_prefix="/", blocking=False)
     print(f"[serve] best-of-N on http://{cfg.serve.host}:{cfg.serve.port}/v1/chat/completions", flush=True)
     while blocking:  # serve.run(blocking=True) also works, but this keeps the job's log quiet

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException
 
 from rlhf_ray import models
@@ -57,7 +58,17 @@ class Metrics:
 
 class Frontend:
     """Admission here rather than in Serve's queue, whose 503 is plain text: requests beyond
-    ``max_ongoing_requests`` wait, beyond ``max_queued_requests`` more are answered 503 at once."""
+    ``max_ongoing_requests`` wait, beyond ``max_queued_requests`` more are answered 503 at once.
+
+    A part (generator, scorer) whose replicas stop answering is lost: Serve would hold each request, the
+    ones in flight included, until Ray declares the node dead and a replacement replica has started
+    (measured here: 24 s after a node was killed; minutes where an engine must load). A watcher calls each
+    part's cheap ``info`` every second; one that fails or is not answered within ``PROBE_TIMEOUT_S`` marks
+    the part lost: its calls in flight are abandoned and every request needing it is answered 503
+    ``replica_lost`` (as is a request whose replica died under it) until a probe is answered again."""
+
+    PROBE_EVERY_S = 1.0
+    PROBE_TIMEOUT_S = 5.0  # an idle call; the ingress keeps the generator far below its 256 ongoing requests
 
     def __init__(self, generator, scorer, s: ServeConfig, key_sha256: str | None, tokenizer, metrics):
         self.gen, self.scorer, self.s, self.tok, self.metrics = generator, scorer, s, tokenizer, metrics
@@ -66,6 +77,8 @@ class Frontend:
         self.per_request_seed: bool | None = None
         self.admitted = 0
         self.working = asyncio.Semaphore(s.max_ongoing_requests)
+        self.lost = {"generator": asyncio.Event(), "scorer": asyncio.Event()}  # set: its replicas do not answer
+        self.watchers: list[asyncio.Task] = []  # started with the first request (they need its event loop)
 
     def check_headers(self, raw: list[tuple[bytes, bytes]]) -> None:
         try:
@@ -94,6 +107,9 @@ class Frontend:
 
     async def _answer(self, authorization: str, content_length: str, chunks: AsyncIterator[bytes]) -> dict:
         api.check_key(authorization, self.key_sha256)  # before the body is read: no key, no validation messages
+        if not self.watchers:
+            self.watchers = [asyncio.create_task(self._watch(part, handle))
+                             for part, handle in (("generator", self.gen), ("scorer", self.scorer))]
         body = api.parse(await self.read(content_length, chunks))  # a slow client holds no work slot
         s = self.s
         if self.admitted >= s.max_ongoing_requests + s.max_queued_requests:
@@ -106,14 +122,42 @@ class Frontend:
                 seed_ok = await self._seed_supported() if body.seed is not None else True
                 request = api.engine_request(body, messages, s, self.tok, seed_ok)
                 start = time.perf_counter()
-                candidates = await self.gen.generate.remote(request)
+                candidates = await self.call("generator", self.gen, "generate", request)
                 scored = time.perf_counter()
-                rewards = await self.scorer.score.remote(messages, [c["text"] for c in candidates]) \
+                rewards = await self.call("scorer", self.scorer, "score", messages, [c["text"] for c in candidates]) \
                     if body.best_of_n else None
                 self.metrics.observe(len(candidates), scored - start, time.perf_counter() - scored, rewards)
                 return {**api.response(s.model_name, request, candidates, rewards), "stream": body.stream}
         finally:
             self.admitted -= 1
+
+    async def call(self, part: str, handle, method: str, *args):
+        """``handle.method.remote(*args)``, or 503 ``replica_lost`` if ``part`` is lost before it answers."""
+        lost = self.lost[part]
+        if not lost.is_set():
+            answer = asyncio.ensure_future(getattr(handle, method).remote(*args))
+            gone = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            gone.cancel()
+            if answer.done():
+                try:
+                    return answer.result()
+                except RayActorError:
+                    lost.set()
+            else:
+                answer.cancel()  # Serve cancels the call on the replica, if it ever reaches one
+        raise ApiError(503, f"the {part} replica was lost (its process or node stopped); a replacement is "
+                            f"starting: retry later", code="replica_lost")
+
+    async def _watch(self, part: str, handle) -> None:
+        while True:
+            await asyncio.sleep(self.PROBE_EVERY_S)
+            try:
+                await asyncio.wait_for(handle.info.remote(), self.PROBE_TIMEOUT_S)
+            except Exception:  # dead, unreachable, or not answering in time: requests get 503, not a wait
+                self.lost[part].set()
+            else:
+                self.lost[part].clear()
 
     async def read(self, content_length: str, chunks: AsyncIterator[bytes]) -> bytes:
         """The body, no more than ``max_request_bytes`` whatever the headers claimed, within ``read_timeout_s``."""

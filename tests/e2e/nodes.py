@@ -97,7 +97,7 @@ def wait_for(check, proc, log: Path, timeout: float = 180):
 class Nodes:
     """A head (``head_cpus``) and worker nodes added with ``add``; ``close`` stops what is left."""
 
-    def __init__(self, folder: Path, head_cpus: int, env: dict | None = None):
+    def __init__(self, folder: Path, head_cpus: int, env: dict | None = None, head_resources: dict | None = None):
         self.folder, self.port, dash = folder, free_port(), free_port()
         # No drain on SIGTERM: killing the head's process group takes its GCS down too, and the drain call
         # then waited out its whole 30 s before the node stopped.
@@ -108,7 +108,8 @@ class Nodes:
         self.procs, self.temps, self.workers = [], [], []
         head_env = {**self.env, "RLHF_RAY_CACHE": str(node_cache(folder / "head_cache"))}
         self.head = start(["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                           f"--num-cpus={head_cpus}", f"--ray-client-server-port={free_port()}"], head_env,
+                           f"--num-cpus={head_cpus}", f"--ray-client-server-port={free_port()}",
+                           *([f"--resources={json.dumps(head_resources)}"] if head_resources else [])], head_env,
                           folder / "head.log")
         self.procs.append(self.head)
         wait_for(lambda: urllib.request.urlopen(f"{self.address}/api/version", timeout=2), self.head,

@@ -4,13 +4,15 @@ nothing it should not. Each test records how long recovery took (printed, and wr
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from safetensors.torch import load_file
 
-from nodes import Nodes, kill  # tests/e2e
+from nodes import Nodes, free_port, kill  # tests/e2e
 
 pytestmark = pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +98,70 @@ def test_a_lost_node_of_two_sft_workers_resumes_from_the_last_checkpoint_to_the_
     (tmp_path / "recovery.json").write_text(json.dumps(record))
     print("recovery:", record)
     assert resumed_at is not None
+
+
+def test_the_generators_node_lost_under_load_is_503_replica_lost_then_answered_again_by_the_same_app(
+        tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
+    # The head holds the ingress, the scorer and the only HTTP proxy (nodes here share one machine, so one
+    # port); the generator (1.5 CPUs) fits only on a worker node.
+    nodes = Nodes(tmp_path, head_cpus=1, head_resources={"head": 2})
+    port, log = free_port(), tmp_path / "serve.log"
+    answers, stop_load = [], threading.Event()
+
+    def load():
+        while not stop_load.is_set() and len(answers) < 2000:
+            sent = time.time()
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=180,
+                               json={"messages": [{"role": "user", "content": "Hi"}], "n": 2, "max_tokens": 8})
+                try:
+                    answers.append((sent, r.status_code, r.json()))
+                except ValueError:  # not JSON: an answer that did not come from the app
+                    answers.append((sent, r.status_code, r.text))
+            except httpx.HTTPError as e:
+                answers.append((sent, None, repr(e)))
+
+    try:
+        worker = nodes.add(cpus=2)
+        job = driver(nodes, ["jobs/serve_bon.py", "tiny", f"run_dir={tmp_path / 'run'}", "tracking.backend=none",
+                             f"serve.policy={tiny_vllm_policy_dir}", f"serve.reward_model={tiny_vllm_rm_dir}",
+                             f"serve.port={port}", "serve.max_model_len=512", "serve.max_tokens=64",
+                             "serve.max_prompt_tokens=256", "serve.generator.num_cpus=1.5",
+                             "serve.scorer.num_cpus=0.5", "serve.scorer.resources={head: 1}",
+                             "serve.ingress.resources={head: 1}", "serve.proxy_location=HeadOnly"], log)
+        deadline = time.time() + 420
+        while "best-of-N on http" not in log.read_text():
+            assert job.poll() is None and time.time() < deadline, log.read_text()[-5000:]
+            time.sleep(1)
+        clients = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+        for c in clients:
+            c.start()
+        while sum(status == 200 for _, status, _ in answers) < 8:
+            assert time.time() < deadline, answers[-5:]
+            time.sleep(0.2)
+        killed_at = time.time()
+        kill(worker)
+        nodes.add(cpus=2)  # the replacement, where Serve starts a new Generator replica
+        deadline = time.time() + 300
+        while not any(sent > killed_at + 1 and status == 200 for sent, status, _ in list(answers)):
+            assert job.poll() is None and time.time() < deadline, log.read_text()[-5000:]
+            time.sleep(0.5)
+        stop_load.set()
+        for c in clients:
+            c.join(timeout=200)
+        assert job.poll() is None, "the serve job stopped"
+    finally:
+        stop_load.set()
+        nodes.close()
+
+    after = sorted((sent - killed_at, status, body) for sent, status, body in answers if sent > killed_at)
+    lost = [(t, body) for t, status, body in after if status == 503]
+    assert lost, "no request was answered 503 while the generator's node was gone"
+    assert all(body["error"]["code"] == "replica_lost" and body["error"]["type"] == "server_error"
+               for _, body in lost), lost[:3]
+    assert {status for _, status, _ in after} <= {200, 503}, [a for a in after if a[1] not in (200, 503)][:3]
+    back = min(t for t, status, _ in after if status == 200 and t > lost[-1][0])
+    record = {"first_503_s": round(lost[0][0], 1), "last_503_s": round(lost[-1][0], 1), "answered_again_s": round(back, 1),
+              "requests_after_kill": len(after), "replica_lost_503s": len(lost)}
+    (tmp_path / "recovery.json").write_text(json.dumps(record))
+    print("recovery (seconds after the kill, by when each request was sent):", record)

@@ -48,7 +48,10 @@ class FakeScorer:
         async def score(prompt, completions):
             return [float(len(c)) for c in completions]  # the longest candidate is the best
 
-        self.score = Remote(score)
+        async def info():
+            return {}
+
+        self.score, self.info = Remote(score), Remote(info)
 
 
 class Statuses:
@@ -303,6 +306,91 @@ def test_a_replica_that_fails_is_a_500_counted_as_such(tokenizer):
     with pytest.raises(RuntimeError, match="scorer replica died"):
         ask(f, {"messages": ASK})
     assert f.metrics.counted == [500] and f.admitted == 0
+
+
+def test_a_lost_replica_is_503_replica_lost_until_a_probe_is_answered_again(tokenizer):
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    gen = FakeGenerator()
+    healthy, probes = gen.generate.fn, []
+
+    async def died(r):
+        raise ActorDiedError()
+
+    async def info():  # no replica answers: an error at first, then no answer at all, then the replacement
+        probes.append(1)
+        if len(probes) <= 2:
+            raise ActorUnavailableError("starting", None)
+        if len(probes) <= 4:
+            await asyncio.sleep(3600)
+        return {"per_request_seed": False}
+
+    gen.generate.fn, gen.info = died, Remote(info)
+    f = front(tokenizer, generator=gen)
+    f.PROBE_EVERY_S, f.PROBE_TIMEOUT_S = 0.01, 0.05
+    body = json.dumps({"messages": ASK, "n": 2}).encode()
+
+    async def scenario():
+        lost = []
+        for _ in range(2):
+            with pytest.raises(ApiError) as e:
+                await f.answer(f"Bearer {KEY}", "", chunks(body))
+            lost.append(e.value)
+        calls = len(gen.generate.calls)
+        gen.generate.fn = healthy  # the replacement replica
+        while len(probes) < 5 or f.lost["generator"].is_set():
+            await asyncio.sleep(0.01)
+        answer = await f.answer(f"Bearer {KEY}", "", chunks(body))
+        for w in f.watchers:
+            w.cancel()
+        return lost, calls, answer
+
+    lost, calls, answer = asyncio.run(scenario())
+    assert [(e.status, e.code) for e in lost] == [(503, "replica_lost")] * 2
+    assert lost[0].body()["error"]["type"] == "server_error" and "retry later" in lost[0].message
+    assert calls == 1, "the second request went to the lost replica instead of being answered at once"
+    assert answer["choices"][0]["message"]["content"] == "bb"
+    assert f.metrics.counted == [503, 503, 200]
+
+
+def test_a_part_whose_probe_goes_unanswered_is_lost_and_its_requests_in_flight_get_503(tokenizer):
+    gen, answering = FakeGenerator(), {"info": True}
+
+    async def info():
+        if not answering["info"]:
+            await asyncio.sleep(3600)
+        return {"per_request_seed": False}
+
+    async def hang(r):  # its node is gone: no answer, no error (Ray has not declared it dead yet)
+        await asyncio.sleep(3600)
+
+    gen.info = Remote(info)
+    f = front(tokenizer, generator=gen)
+    f.PROBE_EVERY_S, f.PROBE_TIMEOUT_S = 0.01, 0.05
+    body = json.dumps({"messages": ASK, "n": 2}).encode()
+
+    async def scenario():
+        first = await f.answer(f"Bearer {KEY}", "", chunks(body))  # starts the watchers; answered
+        gen.generate.fn = hang
+        pending = asyncio.create_task(f.answer(f"Bearer {KEY}", "", chunks(body)))
+        await asyncio.sleep(0.2)
+        assert not pending.done() and not f.lost["generator"].is_set()  # slow is not lost
+        answering["info"] = False
+        errors = []
+        with pytest.raises(ApiError) as e:
+            await asyncio.wait_for(pending, 5)
+        errors.append(e.value)
+        with pytest.raises(ApiError) as e:
+            await f.answer(f"Bearer {KEY}", "", chunks(body))
+        errors.append(e.value)
+        for w in f.watchers:
+            w.cancel()
+        return first, errors
+
+    first, errors = asyncio.run(scenario())
+    assert first["choices"] and [(e.status, e.code) for e in errors] == [(503, "replica_lost")] * 2
+    assert len(gen.generate.calls) == 2  # the third request was not sent to the lost part
+    assert not f.lost["scorer"].is_set()  # the scorer still answers its probes
 
 
 def test_the_seed_is_forwarded_when_the_engine_takes_per_request_seeds(tokenizer):
