@@ -165,3 +165,61 @@ def test_the_generators_node_lost_under_load_is_503_replica_lost_then_answered_a
               "requests_after_kill": len(after), "replica_lost_503s": len(lost)}
     (tmp_path / "recovery.json").write_text(json.dumps(record))
     print("recovery (seconds after the kill, by when each request was sent):", record)
+
+
+def parquet_rows(folder: Path) -> list[tuple[int, int]]:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(folder), format="parquet").to_table(columns=["prompt_id", "sample_idx"])
+    return list(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist()))
+
+
+def kill_when_written(nodes: Nodes, worker, job, log: Path, folder: Path) -> dict:
+    """Kills ``worker`` once the stage has written part of ``folder`` (some blocks, not all: the job is still
+    running), then adds a replacement node; the stage's actors can only run on a worker node."""
+    deadline = time.time() + 600
+    while not list(folder.glob("*.parquet")):
+        assert job.poll() is None and time.time() < deadline, log.read_text()[-5000:]
+        time.sleep(0.05)
+    written = len(list(folder.glob("*.parquet")))
+    kill(worker)
+    at = time.time()
+    assert job.poll() is None, "the stage ended before its node was killed"
+    replacement = nodes.add(cpus=2)
+    return {"files_before_kill": written, "replacement_node_s": round(time.time() - at, 1), "killed_at": at,
+            "replacement": replacement}
+
+
+def test_a_worker_node_lost_during_generation_and_during_scoring_loses_and_repeats_no_row(
+        tmp_path, tiny_vllm_policy_dir, tiny_vllm_rm_dir):
+    # 64 prompts x 4 completions; the actors take 1.5 CPUs, which only a worker node (2) has.
+    run = tmp_path / "run"
+    common = ["rlhf_ray/configs/tiny.yaml", f"run_dir={run}", "tracking.backend=none", "task.prompt_rows=64"]
+    nodes = Nodes(tmp_path, head_cpus=1)
+    try:
+        worker = nodes.add(cpus=2)
+        log = tmp_path / "generate.log"
+        job = driver(nodes, ["jobs/generate.py", *common, f"generate.model_dir={tiny_vllm_policy_dir}", "generate.n=4",
+                             "generate.max_tokens=24", "generate.rows_per_call=4", "generate.cpus_per_actor=1.5",
+                             "generate.threads=1"], log)
+        generation = kill_when_written(nodes, job=job, worker=worker, log=log, folder=run / "generate" / "candidates")
+        finish(job, log)
+        generation["finished_s_after_kill"] = round(time.time() - generation.pop("killed_at"), 1)
+        log = tmp_path / "score.log"
+        job = driver(nodes, ["jobs/score.py", *common, f"score.model_dir={tiny_vllm_rm_dir}", "score.rows_per_call=8",
+                             "score.batch_size=2", "score.cpus_per_actor=1.5", "score.threads=1"], log)
+        scoring = kill_when_written(nodes, job=job, worker=generation.pop("replacement"), log=log,
+                                    folder=run / "score" / "scored")
+        scoring.pop("replacement")
+        finish(job, log)
+        scoring["finished_s_after_kill"] = round(time.time() - scoring.pop("killed_at"), 1)
+    finally:
+        nodes.close()
+
+    generated, scored = parquet_rows(run / "generate" / "candidates"), parquet_rows(run / "score" / "scored")
+    assert len(generated) == len(set(generated)) == 64 * 4, "candidates lost or repeated"
+    assert len({p for p, _ in generated}) == 64 and {s for _, s in generated} == {0, 1, 2, 3}
+    assert sorted(scored) == sorted(generated), "scored rows lost or repeated"
+    record = {"generation": generation, "scoring": scoring}
+    (tmp_path / "recovery.json").write_text(json.dumps(record))
+    print("recovery:", record)
