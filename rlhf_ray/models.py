@@ -216,20 +216,52 @@ class RewardModel(torch.nn.Module):
         if self.pooling == "mean" and pooler is not None:
             # Mean pooling never reads it: frozen, or DDP waits for gradients that never come.
             pooler.requires_grad_(False)
+        # Decoders' attention modules say they are causal; a packed row's block mask must be too.
+        self.causal = any(getattr(m, "is_causal", None) is True for m in backbone.modules())
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, position_ids=None, segment_ids=None, unpack=None):
+        """Padded rows, or packed ones (``core.objectives.pack_rows``: ``segment_ids``, ``position_ids`` and
+        ``unpack`` given, ``attention_mask`` in the padded layout): outputs come back in the padded layout."""
         b = self.backbone
+        packed = segment_ids is not None
+        if packed and self.pooling == "cls":
+            raise ValueError("a [CLS]-pooled reward model reads one position per row, which packing shares "
+                             "between sequences: set reward.train.packing=false")
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if packed:
+            inputs.update(attention_mask=self._block_mask(segment_ids), position_ids=position_ids)
         if self.head != "scalar":
-            return b(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            logits = b(**inputs).logits.float()
+            return self._unpacked(logits, unpack) if packed else logits
         if self.pooling == "cls":
-            return b(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        hidden = b.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return b(**inputs).logits[:, 0].float()
+        hidden = b.base_model(**inputs).last_hidden_state
+        if packed:
+            hidden = self._unpacked(hidden, unpack)
         if self.pooling == "mean":
             mask = attention_mask[..., None].to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             return b.classifier(b.dropout(pooled))[:, 0].float()
         last = hidden[torch.arange(hidden.size(0), device=hidden.device), losses.last_token_index(attention_mask)]
         return b.score(last)[:, 0].float()
+
+    def _block_mask(self, segments):
+        """[R, 1, W, W]: where a token may attend, its own sequence (and not ahead, for decoders). A padding
+        slot sees itself only, so that no row of the softmax is empty (NaN). Boolean for SDPA; eager
+        attention adds its mask to the scores, so there it is 0 or the dtype's minimum."""
+        same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, :, None] >= 0)
+        if self.causal:
+            same &= torch.ones_like(same[0]).tril()
+        allowed = (same | torch.eye(segments.size(1), dtype=torch.bool, device=segments.device))[:, None]
+        if getattr(self.config, "_attn_implementation", None) != "eager":
+            return allowed
+        dtype = next(self.backbone.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed,
+                                                                                           torch.finfo(dtype).min)
+
+    @staticmethod
+    def _unpacked(x, unpack):
+        return x.reshape(-1, *x.shape[2:])[unpack]
 
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()

@@ -17,3 +17,24 @@ def rows_for(objective: str) -> list[dict]:
         return [{"prompt": P, "completion": A(t), "label": t in GOOD} for t in GOOD + BAD]
     return [{"prompt": P, "completions": ["Step one is fine.", "Step two is wrong."], "labels": [1, -1]},
             {"prompt": P, "completions": ["Step one is fine.", "Step two is unclear."], "labels": [1, 0]}]
+
+
+def varied(objective: str) -> list[dict]:
+    """``rows_for``'s rows with completions of very different lengths (1 to 25 repeats), so that packing
+    puts several sequences in one row and leaves rows partly empty."""
+    def longer(text: str, i: int) -> str:
+        return " ".join([text] * (1 + (7 * i) % 25))
+
+    out = []
+    rows = rows_for(objective)
+    for i, row in enumerate(rows * 2 if len(rows) < 4 else rows):  # two sequences never share a row
+        row = dict(row)
+        for key in ("chosen", "rejected", "completion"):
+            if key in row:
+                row[key] = A(longer(row[key][0]["content"], i + len(key)))
+        if "completions" in row and objective in ("kwise", "plackett_luce"):
+            row["completions"] = [A(longer(c[0]["content"], i + j)) for j, c in enumerate(row["completions"])]
+        elif "completions" in row:
+            row["completions"] = [longer(c, 3 * i + j) for j, c in enumerate(row["completions"])]
+        out.append(row)
+    return out

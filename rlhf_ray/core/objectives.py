@@ -126,30 +126,79 @@ def pad_rows(rows: list[list[int]], pad_id: int, fill: int | None = None) -> tup
     return ids, mask
 
 
-def _collate_pairs(rows, pad_id) -> dict:
-    ids, mask = pad_rows([r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([r["margin"] for r in rows])}
+def pack_rows(seqs: list[list[int]], pad_id: int) -> dict:
+    """Sequences bin-packed (first fit, longest first) into rows as wide as the longest: the attention work
+    of padding each to the longest, without most of its padding. ``segment_ids`` (-1: padding) and
+    ``position_ids`` restarting at 0 keep each sequence to itself (``models.RewardModel`` builds the block
+    mask); ``unpack`` [N, longest] indexes the flattened packed tokens of sequence n in order (past its end,
+    its last token again), so outputs read back in the padded layout every loss and record uses.
+    Written here: transformers packs for FlashAttention's varlen kernels only, not for SDPA or eager."""
+    width = max(len(s) for s in seqs)
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+        row = next((r for r, u in enumerate(used) if u + len(seqs[i]) <= width), None)
+        if row is None:
+            rows.append([])
+            used.append(0)
+            row = len(rows) - 1
+        rows[row].append(i)
+        used[row] += len(seqs[i])
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    unpack = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            n = len(seqs[i])
+            ids[r, at:at + n] = torch.tensor(seqs[i], dtype=torch.long)
+            positions[r, at:at + n] = torch.arange(n)
+            segments[r, at:at + n] = i
+            unpack[i] = r * width + at + torch.arange(width).clamp(max=n - 1)
+            at += n
+    return {"input_ids": ids, "position_ids": positions, "segment_ids": segments, "unpack": unpack}
 
 
-def _collate_rankings(rows, pad_id) -> dict:
+# What a batch gives the model (``scores``); the rest is for the loss and records.
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "segment_ids", "unpack")
+
+
+def sequences(rows: list[list[int]], pad_id: int, packing: bool) -> dict:
+    """The model inputs for token rows: padded, or packed (``pack_rows``); ``attention_mask`` is the padded
+    layout's either way (which positions of an output read back are real)."""
+    ids, mask = pad_rows(rows, pad_id)
+    return {**pack_rows(rows, pad_id), "attention_mask": mask} if packing else {"input_ids": ids, "attention_mask": mask}
+
+
+def token_counts(batch: dict) -> tuple[int, int]:
+    """(real tokens, padding tokens) the model computes over for this batch."""
+    real = int(batch["attention_mask"].sum())
+    return real, batch["input_ids"].numel() - real
+
+
+def _collate_pairs(rows, pad_id, packing) -> dict:
+    seqs = sequences([r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows], pad_id, packing)
+    return {**seqs, "margin": torch.tensor([r["margin"] for r in rows])}
+
+
+def _collate_rankings(rows, pad_id, packing) -> dict:
     k = len(rows[0]["completion_ids"])
     if any(len(r["completion_ids"]) != k for r in rows):
         raise ValueError("K-wise rows in one batch must have the same number of completions")
-    ids, mask = pad_rows([c for r in rows for c in r["completion_ids"]], pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "ranking": torch.tensor([r["ranking"] for r in rows])}
+    seqs = sequences([c for r in rows for c in r["completion_ids"]], pad_id, packing)
+    return {**seqs, "ranking": torch.tensor([r["ranking"] for r in rows])}
 
 
-def _collate_outcomes(rows, pad_id) -> dict:
-    ids, mask = pad_rows([r["input_ids"] for r in rows], pad_id)
+def _collate_outcomes(rows, pad_id, packing) -> dict:
     cmask, _ = pad_rows([r["completion_mask"] for r in rows], 0, fill=0)
-    return {"input_ids": ids, "attention_mask": mask, "completion_mask": cmask,
+    return {**sequences([r["input_ids"] for r in rows], pad_id, packing), "completion_mask": cmask,
             "label": torch.tensor([r["label"] for r in rows])}
 
 
-def _collate_steps(rows, pad_id) -> dict:
-    ids, mask = pad_rows([r["input_ids"] for r in rows], pad_id)
+def _collate_steps(rows, pad_id, packing) -> dict:
     targets, _ = pad_rows([r["step_labels"] for r in rows], IGNORE_INDEX, fill=IGNORE_INDEX)
-    return {"input_ids": ids, "attention_mask": mask, "step_labels": targets}
+    return {**sequences([r["input_ids"] for r in rows], pad_id, packing), "step_labels": targets}
 
 
 # ---------------------------------------------------------------- losses (mean per unit) and units
@@ -271,7 +320,7 @@ class Objective:
     head: str            # scalar (one reward per sequence), token (a logit per token), prm3 (3 classes per token)
     encode: Callable     # (validated row, objective, tokenizer, template, max_len) → token columns
     empty: dict          # a bad row's token columns: Arrow blocks of good and bad rows share one schema
-    collate: Callable    # (rows of token columns, pad id) → batch of tensors
+    collate: Callable    # (rows of token columns, pad id, packing) → batch of tensors
     loss: Callable       # (scores, batch, center_coef) → mean loss per unit
     units: Callable      # batch → the units its loss averages over (pairs, rankings, tokens, steps)
     records: Callable    # (scores, batch) → held-out records
@@ -322,14 +371,16 @@ def for_checkpoint(config) -> str:
     return next(name for name, o in OBJECTIVES.items() if o.head == head)
 
 
-def collate(rows: list[dict], objective: str, pad_id: int) -> dict:
-    return OBJECTIVES[objective].collate(rows, pad_id)
+def collate(rows: list[dict], objective: str, pad_id: int, packing: bool = False) -> dict:
+    """A micro-batch: every sequence of its rows (a pair's chosen and rejected, a ranking's K completions)
+    in one forward pass, padded or packed (``pack_rows``)."""
+    return OBJECTIVES[objective].collate(rows, pad_id, packing)
 
 
 def scores(model, batch: dict, objective: str) -> torch.Tensor:
     """Rewards in the objective's shape: [2, B] pairs, [B, K] rankings, token logits otherwise."""
     o = OBJECTIVES[objective]
-    r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    r = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
     if o.head != "scalar":
         return r
     return r.view(2, -1) if o.row_kind == "pairwise" else r.view(batch["ranking"].size(0), -1)

@@ -81,10 +81,10 @@ class RewardRecipe:
         objective = self.section.objective
         for b in runner.iter_shard(shard, epoch, self.train):
             rows = [dict(zip(b, values)) for values in zip(*b.values())]
-            batch = objectives.collate(rows, objective, tokenizer.pad_token_id)
-            real = int(batch["attention_mask"].sum())
+            batch = objectives.collate(rows, objective, tokenizer.pad_token_id, self.train.packing)
+            real, padding = objectives.token_counts(batch)
             yield {"batch": batch, "units": objectives.OBJECTIVES[objective].units(batch), "tokens": real,
-                   "padding": batch["attention_mask"].numel() - real}
+                   "padding": padding}
 
     def loss_fn(self, model, batch):
         return loss_fn(self.section.objective, self.section.center_rewards_coef)(model, batch)

@@ -125,6 +125,8 @@ BAD = [  # override → the key the one-line error must name
     ("serve.generator.resources={gpu_node: x}", "serve.generator.resources=gpu_node: 'x'"),
     ("serve.scorer.resources={CPU: 1}", "serve.scorer.resources=CPU: 1; a custom resource"),
     ("serve.proxy_location=Nowhere", "serve.proxy_location"),
+    ("reward.model.attn_implementation=flash_attention_2", "reward.train.packing=true with model.attn_implementation"),
+    ("policy.attn_implementation=flash_attention_2", "sft.train.packing=true with policy.attn_implementation"),
     ("generate.rows_per_call=0", "generate.rows_per_call=0"),
     ("score.rows_per_call=0", "score.rows_per_call=0"),
     ("sft.train.epochs=-1", "sft.train.epochs=-1"),

@@ -1,6 +1,7 @@
 """Reward models train data-parallel correctly: for every objective, on a decoder and a mean-pooled
 encoder backbone, with DDP and with FSDP2, two gloo ranks each holding part of a global batch take the
-same optimizer step as one process holding all of it (as SFT's proof in test_sft_training does)."""
+same optimizer step as one process holding all of it (as SFT's proof in test_sft_training does), on packed
+micro-batches (reward.train.packing, the default) whose rows hold sequences of different lengths."""
 import os
 import socket
 
@@ -13,7 +14,7 @@ from rlhf_ray import models
 from rlhf_ray.core import objectives as rm
 from rlhf_ray.train import loop
 from rlhf_ray.train.reward import evaluate, loss_fn
-from reward_rows import rows_for  # tests/
+from reward_rows import varied  # tests/
 
 DECODER = ("bt", "margin", "kwise", "plackett_luce", "orm", "prm")
 ENCODER = ("bt", "margin", "kwise", "plackett_luce")  # scalar heads over mean pooling
@@ -21,8 +22,8 @@ CASES = [("decoder", o) for o in DECODER] + [("encoder", o) for o in ENCODER]
 
 
 def micro_batch(rows, objective, tok):
-    encoded = [rm.encode_row(r, objective, tok, None, 128) for r in rows]
-    batch = rm.collate(encoded, objective, tok.pad_token_id)
+    encoded = [rm.encode_row(r, objective, tok, None, 256) for r in rows]
+    batch = rm.collate(encoded, objective, tok.pad_token_id, packing=True)
     return {"batch": batch, "units": rm.OBJECTIVES[objective].units(batch), "tokens": 0, "padding": 0}
 
 
@@ -44,7 +45,7 @@ def _worker(rank, world, port, strategy, dirs, out):
         tok = models.load_tokenizer(path)
         model = models.load_reward_model(path, objective, tok)
         model = loop.shard_model(model, "cpu") if strategy == "fsdp" else torch.nn.parallel.DistributedDataParallel(model)
-        rows = rows_for(objective)
+        rows = varied(objective)
         mine = rows[:1] if rank == 0 else rows[1:]  # uneven shares: different unit counts per rank
         res = one_step(model, [micro_batch(mine, objective, tok)], objective)
         held_out = evaluate(model, [micro_batch(mine, objective, tok)], objective, "cpu")
@@ -98,7 +99,7 @@ def test_two_ranks_take_the_step_of_one_big_batch_for_every_objective(rm_dirs, s
         tok = models.load_tokenizer(path)
         model = models.load_reward_model(path, objective, tok)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        rows = rows_for(objective)
+        rows = varied(objective)
         res = one_step(model, [micro_batch(rows, objective, tok)], objective)
         held_out = evaluate(model, [micro_batch(rows, objective, tok)], objective, "cpu")
         after = model.state_dict()
