@@ -28,7 +28,11 @@ def timed():
 
 
 def machine() -> dict:
-    return {"machine": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__}
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:

