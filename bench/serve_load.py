@@ -152,7 +152,7 @@ def main() -> None:
                  "p50_overhead": bon[c]["p50_s"] / plain[c]["p50_s"] - 1} for c in plain}
     for c, r in ratio.items():
         print(f"concurrency {c}: best-of-N throughput {r['requests_per_s']:.2f}x plain, p50 {r['p50_overhead']:+.1%}")
-    warm = bon[min(args.concurrency)]["p50_s"]
+    warm = bon[str(min(args.concurrency))]["p50_s"]
     ratio["first_request_over_warm_p50"] = bon["first_request_s"] / warm
     print(f"first request after ready: {bon['first_request_s']:.2f} s, {ratio['first_request_over_warm_p50']:.2f}x "
           f"the warm p50 at concurrency {min(args.concurrency)} (goal: within 1.2x)")

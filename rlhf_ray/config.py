@@ -174,7 +174,7 @@ def _rm_model() -> "ModelConfig":
 
 def _rm_train() -> "TrainConfig":
     # Packing: a micro-batch's sequences (chosen and rejected, a ranking's K) share rows as wide as the longest,
-    # with block masks (core.objectives.pack_rows): 2.7x TRL's pairs/s on MiniLM (bench/results/rm_throughput.json).
+    # with block masks (core.objectives.pack_rows): 2.4x TRL's pairs/s on MiniLM (bench/results/rm_throughput.json).
     return TrainConfig(lr=3e-5, global_batch_size=32, micro_batch_size=16, max_seq_len=512, packing=True,
                        warmup_ratio=0.05)
 
