@@ -137,15 +137,17 @@ class Frontend:
         if not lost.is_set():
             answer = asyncio.ensure_future(getattr(handle, method).remote(*args))
             gone = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
-            gone.cancel()
+            try:
+                await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                if not answer.done():  # the part was lost, or the client went away (this request cancelled):
+                    answer.cancel()    # Serve cancels the call on the replica, which aborts its candidates
             if answer.done():
                 try:
                     return answer.result()
                 except RayActorError:
                     lost.set()
-            else:
-                answer.cancel()  # Serve cancels the call on the replica, if it ever reaches one
         raise ApiError(503, f"the {part} replica was lost (its process or node stopped); a replacement is "
                             f"starting: retry later", code="replica_lost")
 

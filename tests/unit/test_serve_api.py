@@ -393,6 +393,34 @@ def test_a_part_whose_probe_goes_unanswered_is_lost_and_its_requests_in_flight_g
     assert not f.lost["scorer"].is_set()  # the scorer still answers its probes
 
 
+def test_a_request_cancelled_by_its_client_cancels_its_generator_call(tokenizer):
+    gen, cancelled = FakeGenerator(), []
+
+    async def hang(r):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # what Serve turns into an abort of the request's candidates
+            cancelled.append(1)
+            raise
+
+    gen.generate.fn = hang
+    f = front(tokenizer, generator=gen)
+    body = json.dumps({"messages": ASK, "n": 2}).encode()
+
+    async def scenario():
+        request = asyncio.create_task(f.answer(f"Bearer {KEY}", "", chunks(body)))
+        await asyncio.sleep(0.1)
+        request.cancel()  # Serve cancels the ingress call of a client that disconnected
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.05)
+        for w in f.watchers:
+            w.cancel()
+        return list(cancelled)  # before the loop closes, which cancels whatever is left
+
+    assert asyncio.run(scenario()) == [1] and f.admitted == 0
+
+
 def test_the_seed_is_forwarded_when_the_engine_takes_per_request_seeds(tokenizer):
     f = front(tokenizer, generator=FakeGenerator(per_request_seed=True))
     ask(f, {"messages": ASK, "seed": 7})
