@@ -108,8 +108,11 @@ class Frontend:
     async def _answer(self, authorization: str, content_length: str, chunks: AsyncIterator[bytes]) -> dict:
         api.check_key(authorization, self.key_sha256)  # before the body is read: no key, no validation messages
         if not self.watchers:
-            self.watchers = [asyncio.create_task(self._watch(part, handle))
-                             for part, handle in (("generator", self.gen), ("scorer", self.scorer))]
+            # A part that scales from zero (min_replicas 0) is not watched: while none of its replicas runs,
+            # requests are meant to wait in Serve's queue, which is what makes its autoscaler start one.
+            self.watchers = [asyncio.create_task(self._watch(part, handle)) for part, handle, d in
+                             (("generator", self.gen, self.s.generator), ("scorer", self.scorer, self.s.scorer))
+                             if d.min_replicas > 0]
         body = api.parse(await self.read(content_length, chunks))  # a slow client holds no work slot
         s = self.s
         if self.admitted >= s.max_ongoing_requests + s.max_queued_requests:

@@ -421,6 +421,25 @@ def test_a_request_cancelled_by_its_client_cancels_its_generator_call(tokenizer)
     assert asyncio.run(scenario()) == [1] and f.admitted == 0
 
 
+def test_a_part_that_scales_from_zero_is_not_watched(tokenizer):
+    import dataclasses
+
+    from rlhf_ray.config import DeploymentConfig
+
+    s = dataclasses.replace(LIMITS, generator=DeploymentConfig(min_replicas=0))
+    f = front(tokenizer, s=s)
+    body = json.dumps({"messages": ASK, "n": 2}).encode()
+
+    async def scenario():
+        await f.answer(f"Bearer {KEY}", "", chunks(body))
+        watched = len(f.watchers)
+        for w in f.watchers:
+            w.cancel()
+        return watched
+
+    assert asyncio.run(scenario()) == 1  # the scorer only: requests wait for a generator replica to start
+
+
 def test_the_seed_is_forwarded_when_the_engine_takes_per_request_seeds(tokenizer):
     f = front(tokenizer, generator=FakeGenerator(per_request_seed=True))
     ask(f, {"messages": ASK, "seed": 7})
